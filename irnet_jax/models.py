@@ -1,0 +1,309 @@
+"""Topologies of IR-Net, chosen by name from a registry (``create_model``, ``list_models``).
+
+All models map ``x: [B, H, W, C] float -> logits [B, num_classes]`` and take the estimator's
+``ede: EstimatorParams`` (``None`` = constant, fine for inference: the forward pass ignores it).
+BatchNorm layers follow ``model.train()`` / ``model.eval()`` (or ``nnx.view``).
+
+The paper's setting is the default: first and last layers full precision, every other conv binary
+(1w1a). ``binarize_activations=False`` gives 1w32a, ``binary=False`` the same network in full
+precision (for measuring the cost of binarization), ``binary_first_layer`` / ``binary_last_layer``
+binarize those layers too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import inspect
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from irnet_jax.binarization import EstimatorParams
+from irnet_jax.layers import BinaryConv, BinaryDense, batch_norm, hardtanh, max_pool
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantization:
+    """How a model builds its conv/dense layers. ``conv``/``dense`` with ``binary=False`` are full precision."""
+
+    binary: bool = True
+    binarize_activations: bool = True
+    binary_first_layer: bool = False
+    binary_last_layer: bool = False
+    estimator: str = "ede"
+    weight_scale: bool = True
+    dtype: Any = jnp.float32
+
+    def conv(self, c_in: int, c_out: int, kernel_size: int = 3, *, binary: bool = True, rngs: nnx.Rngs,
+             **kw) -> BinaryConv:
+        on = self.binary and binary
+        return BinaryConv(c_in, c_out, kernel_size, binarize_weights=on,
+                          binarize_activations=on and self.binarize_activations,
+                          estimator=self.estimator, weight_scale=self.weight_scale, dtype=self.dtype,
+                          rngs=rngs, **kw)
+
+    def dense(self, c_in: int, c_out: int, *, binary: bool = True, rngs: nnx.Rngs) -> BinaryDense:
+        on = self.binary and binary
+        return BinaryDense(c_in, c_out, binarize_weights=on,
+                           binarize_activations=on and self.binarize_activations,
+                           estimator=self.estimator, weight_scale=self.weight_scale, dtype=self.dtype,
+                           rngs=rngs)
+
+    def first_conv(self, c_in: int, c_out: int, kernel_size: int = 3, *, rngs: nnx.Rngs, **kw) -> BinaryConv:
+        return self.conv(c_in, c_out, kernel_size, binary=self.binary_first_layer, rngs=rngs, **kw)
+
+    def last_dense(self, c_in: int, c_out: int, *, rngs: nnx.Rngs) -> BinaryDense:
+        return self.dense(c_in, c_out, binary=self.binary_last_layer, rngs=rngs)
+
+
+ModelBuilder = Callable[..., nnx.Module]
+_MODELS: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Class/function decorator recording a model builder under ``name``."""
+
+    def wrap(builder: ModelBuilder) -> ModelBuilder:
+        _MODELS[name] = builder
+        return builder
+
+    return wrap
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching the shell-style ``pattern``."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(
+    name: str,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    rngs: nnx.Rngs,
+    **options: Any,
+) -> nnx.Module:
+    """Build model ``name`` for ``input_shape = (H, W, C)``.
+
+    ``options`` are ``Quantization`` fields (shared by every model) or the model's own architecture
+    keywords (e.g. ``block`` of the ResNets, ``widths`` of VGG-Small).
+    """
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; valid: {list_models()}")
+    builder = _MODELS[name]
+    q_fields = {f.name for f in dataclasses.fields(Quantization)}
+    arch_fields = set(architecture_options(name))
+    bad = sorted(set(options) - q_fields - arch_fields)
+    if bad:
+        raise ValueError(f"unknown model option(s) {bad} for {name!r}; valid: {sorted(q_fields | arch_fields)}")
+    q = Quantization(**{k: v for k, v in options.items() if k in q_fields})
+    arch = {k: v for k, v in options.items() if k in arch_fields}
+    h, w, c = (int(v) for v in input_shape)
+    return builder(input_shape=(h, w, c), num_classes=num_classes, q=q, rngs=rngs, **arch)
+
+
+def architecture_options(name: str) -> dict[str, Any]:
+    """The architecture keywords of model ``name`` and their defaults."""
+    builder = _MODELS[name]
+    fn = builder.__init__ if isinstance(builder, type) else builder
+    common = {"self", "input_shape", "num_classes", "q", "rngs"}
+    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+            if p.name not in common and p.kind is p.KEYWORD_ONLY}
+
+
+def _pooled(size: int, times: int, ceil_mode: bool = False) -> int:
+    for _ in range(times):
+        size = -(-size // 2) if ceil_mode else size // 2
+    return size
+
+
+@register_model("vgg_small")
+class VGGSmall(nnx.Module):
+    """VGG-Small of IR-Net (widths 128,128,256,256,512,512):
+    conv-bn, conv-pool-bn-hardtanh, conv-bn-hardtanh, conv-pool-bn-hardtanh, conv-bn-hardtanh,
+    conv-pool-bn-hardtanh, fc. 3x3 convs, stride 1, padding 1; 2x2 max-pools."""
+
+    def __init__(self, *, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs,
+                 widths: Sequence[int] = (128, 128, 256, 256, 512, 512)):
+        h, w, c = input_shape
+        self.widths = tuple(widths)
+        ins = (c,) + self.widths[:-1]
+        self.convs = nnx.List(
+            [q.first_conv(ins[0], widths[0], rngs=rngs)]
+            + [q.conv(i, o, rngs=rngs) for i, o in zip(ins[1:], widths[1:])]
+        )
+        self.bns = nnx.List([batch_norm(o, q.dtype, rngs) for o in widths])
+        self.pool_after = (False, True, False, True, False, True)
+        flat = _pooled(h, 3) * _pooled(w, 3) * widths[-1]
+        self.fc = q.last_dense(flat, num_classes, rngs=rngs)
+
+    def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
+        for i, (conv, bn, pool) in enumerate(zip(self.convs, self.bns, self.pool_after)):
+            x = conv(x, ede)
+            if pool:
+                x = max_pool(x)
+            x = bn(x)
+            if i > 0:
+                x = hardtanh(x)
+        return self.fc(x.reshape(x.shape[0], -1), ede)
+
+
+@register_model("alexnet")
+class AlexNet(nnx.Module):
+    """CIFAR AlexNet with the widths of bearpaw/pytorch-classification's ``cifar/alexnet.py``
+    (convs 64@11x11/4, 192@5x5, 384@3x3, 256@3x3, 256@3x3; fc) in the original's layer order
+    conv-bn-pool-hardtanh x2, conv-bn-hardtanh x2, conv-bn-pool-hardtanh, fc. Pools use ceil mode so
+    28x28 MNIST keeps a 1x1 map (CIFAR: 32 -> 8 -> 4 -> 2 -> 1, MNIST: 28 -> 7 -> 4 -> 2 -> 1)."""
+
+    # (out channels, kernel, stride, pool after)
+    layers_spec = ((64, 11, 4, True), (192, 5, 1, True), (384, 3, 1, False), (256, 3, 1, False),
+                   (256, 3, 1, True))
+
+    def __init__(self, *, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs):
+        h, w, c_in = input_shape
+        convs, bns = [], []
+        for i, (c_out, k, s, pool) in enumerate(self.layers_spec):
+            make = q.first_conv if i == 0 else q.conv
+            convs.append(make(c_in, c_out, k, strides=s, padding=k // 2, rngs=rngs))
+            bns.append(batch_norm(c_out, q.dtype, rngs))
+            h, w = (h + 2 * (k // 2) - k) // s + 1, (w + 2 * (k // 2) - k) // s + 1
+            if pool:
+                h, w = _pooled(h, 1, True), _pooled(w, 1, True)
+            c_in = c_out
+        self.convs, self.bns = nnx.List(convs), nnx.List(bns)
+        self.fc = q.last_dense(h * w * c_in, num_classes, rngs=rngs)
+
+    def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
+        for conv, bn, spec in zip(self.convs, self.bns, self.layers_spec):
+            x = bn(conv(x, ede))
+            if spec[3]:
+                x = max_pool(x, ceil_mode=True)
+            x = hardtanh(x)
+        return self.fc(x.reshape(x.shape[0], -1), ede)
+
+
+class Shortcut(nnx.Module):
+    """Identity, or for a change of shape: option ``"A"`` (parameter-free: stride-2 subsampling and
+    zero channels padded on both sides, as IR-Net's ResNet-20) or ``"B"`` (full-precision 1x1 conv + BN)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, option: str, q: Quantization, rngs: nnx.Rngs):
+        self.kind = "identity" if (stride == 1 and c_in == c_out) else option
+        self.stride, self.pad = stride, (c_out - c_in)
+        if self.kind == "B":
+            self.conv = q.conv(c_in, c_out, 1, strides=stride, padding=0, binary=False, rngs=rngs)
+            self.bn = batch_norm(c_out, q.dtype, rngs)
+        elif self.kind == "A" and (c_out - c_in) % 2:
+            raise ValueError(f"shortcut option A needs an even channel increase, got {c_in} -> {c_out}")
+        elif self.kind not in ("identity", "A"):
+            raise ValueError(f"unknown shortcut option {option!r}; valid: ['A', 'B']")
+
+    def __call__(self, x: Array) -> Array:
+        if self.kind == "identity":
+            return x
+        if self.kind == "B":
+            return self.bn(self.conv(x))
+        x = x[:, :: self.stride, :: self.stride, :]
+        half = self.pad // 2
+        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (half, half)))
+
+
+class BiRealBlock(nnx.Module):
+    """IR-Net's 1w1a basic block: a shortcut around every binary conv (Bi-Real form).
+    ``y = ht(BN(conv1(x)) + S(x))``, ``out = ht(BN(conv2(y)) + y)``."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, shortcut: str, q: Quantization, rngs: nnx.Rngs):
+        self.conv1 = q.conv(c_in, c_out, strides=stride, rngs=rngs)
+        self.bn1 = batch_norm(c_out, q.dtype, rngs)
+        self.conv2 = q.conv(c_out, c_out, rngs=rngs)
+        self.bn2 = batch_norm(c_out, q.dtype, rngs)
+        self.shortcut = Shortcut(c_in, c_out, stride, shortcut, q, rngs)
+
+    def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
+        y = hardtanh(self.bn1(self.conv1(x, ede)) + self.shortcut(x))
+        return hardtanh(self.bn2(self.conv2(y, ede)) + y)
+
+
+class BasicBlock(BiRealBlock):
+    """The standard two-conv basic block: ``out = ht(BN(conv2(ht(BN(conv1(x))))) + S(x))``."""
+
+    def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
+        y = hardtanh(self.bn1(self.conv1(x, ede)))
+        return hardtanh(self.bn2(self.conv2(y, ede)) + self.shortcut(x))
+
+
+BLOCKS = {"bireal": BiRealBlock, "basic": BasicBlock}
+
+
+class CifarResNet(nnx.Module):
+    """CIFAR ResNet: 3x3 stem conv-BN-hardtanh (no max-pool), stages of blocks (the first block of
+    every stage but the first has stride 2), global average pool, optional BatchNorm, linear."""
+
+    def __init__(self, *, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs,
+                 widths: Sequence[int], blocks: Sequence[int], shortcut: str, bn_before_fc: bool,
+                 block: str = "bireal"):
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block {block!r}; valid: {sorted(BLOCKS)}")
+        c = input_shape[2]
+        self.stem = q.first_conv(c, widths[0], rngs=rngs)
+        self.stem_bn = batch_norm(widths[0], q.dtype, rngs)
+        layers, c_in = [], widths[0]
+        for stage, (c_out, n) in enumerate(zip(widths, blocks)):
+            for i in range(n):
+                stride = 2 if (i == 0 and stage > 0) else 1
+                layers.append(BLOCKS[block](c_in, c_out, stride, shortcut, q, rngs))
+                c_in = c_out
+        self.blocks = nnx.List(layers)
+        self.head_bn = batch_norm(c_in, q.dtype, rngs) if bn_before_fc else None
+        self.fc = q.last_dense(c_in, num_classes, rngs=rngs)
+
+    def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
+        x = hardtanh(self.stem_bn(self.stem(x, ede)))
+        for blk in self.blocks:
+            x = blk(x, ede)
+        x = jnp.mean(x, axis=(1, 2))
+        if self.head_bn is not None:
+            x = self.head_bn(x)
+        return self.fc(x, ede)
+
+
+@register_model("resnet20")
+def resnet20(*, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs, block: str = "bireal") -> CifarResNet:
+    """ResNet-20 as IR-Net's official 1w1a code: 16/32/64 x 3 Bi-Real blocks, option-A shortcuts,
+    BatchNorm before the linear layer. ``block="basic"`` gives the standard two-conv block."""
+    return CifarResNet(input_shape=input_shape, num_classes=num_classes, q=q, rngs=rngs, widths=(16, 32, 64),
+                       blocks=(3, 3, 3), shortcut="A", bn_before_fc=True, block=block)
+
+
+@register_model("resnet18")
+def resnet18(*, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs, block: str = "bireal") -> CifarResNet:
+    """CIFAR ResNet-18 (IR-Net's CIFAR code): 3x3 stem, no max-pool, 64/128/256/512 x 2 blocks,
+    option-B (full-precision 1x1 conv + BN) downsampling shortcuts, no BatchNorm before the linear."""
+    return CifarResNet(input_shape=input_shape, num_classes=num_classes, q=q, rngs=rngs,
+                       widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), shortcut="B", bn_before_fc=False,
+                       block=block)
+
+
+@register_model("mnistnet")
+class MNISTNet(nnx.Module):
+    """The original's small MNIST net: three 3x3 convs (32, 64, 128), each conv-pool-bn-hardtanh, fc."""
+
+    def __init__(self, *, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs,
+                 widths: Sequence[int] = (32, 64, 128)):
+        h, w, c = input_shape
+        ins = (c,) + tuple(widths[:-1])
+        self.convs = nnx.List(
+            [q.first_conv(ins[0], widths[0], rngs=rngs)]
+            + [q.conv(i, o, rngs=rngs) for i, o in zip(ins[1:], widths[1:])]
+        )
+        self.bns = nnx.List([batch_norm(o, q.dtype, rngs) for o in widths])
+        self.fc = q.last_dense(_pooled(h, 3) * _pooled(w, 3) * widths[-1], num_classes, rngs=rngs)
+
+    def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
+        for conv, bn in zip(self.convs, self.bns):
+            x = hardtanh(bn(max_pool(conv(x, ede))))
+        return self.fc(x.reshape(x.shape[0], -1), ede)

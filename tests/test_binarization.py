@@ -1,0 +1,129 @@
+"""Binarization math: sign rule, estimator gradients vs NumPy references, schedule, Libra-PB."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from irnet_jax import binarization as bz
+from irnet_jax.layers import BinaryConv, BinaryDense, record_layer_calls
+
+
+def test_sign_maps_zero_to_plus_one_and_never_outputs_zero():
+    x = jnp.array([-2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0])
+    np.testing.assert_array_equal(bz.sign(x), [-1, -1, 1, 1, 1, 1])
+    assert bz.sign(jnp.zeros((), jnp.bfloat16)) == 1
+    assert bz.sign(jnp.zeros((), jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def _input_grad(estimator, x, k, t, g):
+    """d/dx sum(g * estimator(x, k, t)) and the (k, t) gradients."""
+    return jax.grad(lambda x, k, t: jnp.sum(g * estimator(x, k, t)), argnums=(0, 1, 2))(x, k, t)
+
+
+@pytest.mark.parametrize("k,t", [(1.0, 0.1), (10.0, 0.1), (1.0, 1.0), (1.0, 10.0), (1000.0, 1e-3), (2.5, 3.7)])
+def test_ede_backward_matches_numpy_formula(k, t):
+    rng = np.random.default_rng(0)
+    x = rng.normal(scale=2.0, size=(1000,)).astype(np.float32)
+    g = rng.normal(size=(1000,)).astype(np.float32)
+    gx, gk, gt = _input_grad(bz.ede_sign, jnp.asarray(x), jnp.float32(k), jnp.float32(t), jnp.asarray(g))
+    expected = g * k * t * (1.0 - np.tanh(t * x.astype(np.float64)) ** 2)
+    np.testing.assert_allclose(np.asarray(gx), expected, rtol=2e-5, atol=1e-6)
+    assert gk == 0 and gt == 0
+    np.testing.assert_array_equal(bz.ede_sign(jnp.asarray(x), k, t), np.where(x >= 0, 1.0, -1.0))
+
+
+def test_ste_backward_is_clipped_identity():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.uniform(-3, 3, 997), [-1.0, 1.0, 0.0]]).astype(np.float32)
+    g = rng.normal(size=x.shape).astype(np.float32)
+    gx, gk, gt = _input_grad(bz.ste_sign, jnp.asarray(x), jnp.float32(5.0), jnp.float32(0.3), jnp.asarray(g))
+    np.testing.assert_array_equal(np.asarray(gx), np.where(np.abs(x) <= 1, g, 0.0))
+    assert gk == 0 and gt == 0
+
+
+def test_estimator_changes_of_k_t_do_not_recompile():
+    traces = []
+
+    @jax.jit
+    def f(x, k, t):
+        traces.append(1)
+        return jax.grad(lambda x: jnp.sum(bz.ede_sign(x, k, t) * x))(x)
+
+    x = jnp.linspace(-1, 1, 8)
+    outs = [f(x, jnp.float32(k), jnp.float32(t)) for k, t in [(1, 1), (10, 0.1), (1, 10)]]
+    assert len(traces) == 1
+    assert not np.allclose(outs[0], outs[1])
+
+
+def test_unknown_estimator_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown estimator 'foo'.*'ede'.*'ste'"):
+        bz.get_estimator("foo")
+
+
+def test_ede_schedule_endpoints_and_k():
+    for t_min, t_max in [(1e-3, 10.0), (0.1, 10.0)]:
+        p0, p_half, p1 = (bz.ede_schedule(p, t_min, t_max) for p in (0.0, 0.5, 1.0))
+        np.testing.assert_allclose(p0.t_w, t_min, rtol=1e-6)
+        np.testing.assert_allclose(p1.t_w, t_max, rtol=1e-6)
+        np.testing.assert_allclose(p_half.t_a, np.sqrt(t_min * t_max), rtol=1e-5)
+        for s in (p0, p_half, p1):
+            np.testing.assert_allclose(s.k_w, max(1.0 / float(s.t_w), 1.0), rtol=1e-6)
+    assert bz.schedule_progress(step=250, steps_per_epoch=100, total_steps=1000, per_epoch=True) == 0.2
+    assert bz.schedule_progress(step=250, steps_per_epoch=100, total_steps=1000, per_epoch=False) == 0.25
+
+
+@pytest.mark.parametrize("shape,axes", [((3, 3, 16, 8), (0, 1, 2)), ((64, 10), (0,))])
+def test_libra_pb_standardizes_and_scales_by_exact_power_of_two(shape, axes):
+    rng = np.random.default_rng(2)
+    w = jnp.asarray(rng.normal(0.3, 0.05, size=shape).astype(np.float32))
+    w_std = bz.standardize_per_channel(w, axes)
+    np.testing.assert_allclose(jnp.mean(w_std, axes), 0.0, atol=1e-5)
+    np.testing.assert_allclose(jnp.std(w_std, axes), 1.0, rtol=1e-4)
+    one = jnp.float32(1.0)
+    wb = np.asarray(bz.libra_pb(w, one, one, reduce_axes=axes))
+    magnitudes = np.abs(wb).reshape(-1, shape[-1])
+    assert np.all(magnitudes == magnitudes[:1])  # one magnitude per output channel
+    exponents = np.log2(magnitudes[0])
+    np.testing.assert_array_equal(exponents, np.round(exponents))  # exact power of two
+    expected_exp = np.round(np.log2(np.mean(np.abs(np.asarray(w_std)), axis=axes)))
+    np.testing.assert_array_equal(exponents, expected_exp)
+    np.testing.assert_array_equal(np.sign(wb), np.where(np.asarray(w_std) >= 0, 1, -1))
+    unscaled = np.asarray(bz.libra_pb(w, one, one, reduce_axes=axes, scale=False))
+    assert set(np.unique(unscaled)) <= {-1.0, 1.0}
+
+
+def test_libra_pb_constant_channel_is_finite():
+    w = jnp.ones((3, 3, 4, 2))
+    wb = bz.libra_pb(w, jnp.float32(1), jnp.float32(1), reduce_axes=(0, 1, 2))
+    assert np.all(np.isfinite(wb)) and set(np.unique(np.asarray(wb))) == {1.0}
+    grad = jax.grad(lambda w: jnp.sum(bz.libra_pb(w, 1.0, 1.0, reduce_axes=(0, 1, 2))))(w)
+    assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_binary_conv_and_dense_see_only_pm1_inputs_and_pm_scale_weights(dtype):
+    rngs = nnx.Rngs(0)
+    conv = BinaryConv(5, 7, 3, dtype=dtype, rngs=rngs)
+    dense = BinaryDense(7 * 6 * 6, 4, dtype=dtype, rngs=rngs)
+    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 5))
+    with record_layer_calls() as calls:
+        y = conv(x)
+        dense(y.reshape(2, -1))
+    assert [type(c.module) for c in calls] == [BinaryConv, BinaryDense]
+    for c in calls:
+        assert c.matmul_input.dtype == dtype
+        assert set(np.unique(np.asarray(c.matmul_input, np.float32))) <= {-1.0, 1.0}
+    ede = bz.EstimatorParams.constant()
+    for layer in (conv, dense):
+        wq = np.asarray(layer.quantized_kernel(ede)).reshape(-1, layer.out_features)
+        assert np.all(np.abs(wq) == np.abs(wq[:1]))
+        assert np.all(np.log2(np.abs(wq)) == np.round(np.log2(np.abs(wq))))
+    assert y.dtype == dtype
+
+
+def test_binary_conv_bad_input_shape_names_expected_shape():
+    conv = BinaryConv(3, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"expects \[B, H, W, 3\].*\(2, 8, 8, 5\)"):
+        conv(jnp.zeros((2, 8, 8, 5)))
