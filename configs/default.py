@@ -1,0 +1,57 @@
+"""Default hyper-parameters; every experiment config derives from ``get_config()``.
+
+Every field is overridable from the command line (``--config.<field>=<value>``). Fields that mean
+"unset" use a typed sentinel (``""``, ``-1``), never ``None``, which ml_collections cannot override.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # Model (irnet_jax.models registry) and its binarization.
+    config.model = "vgg_small"
+    config.binary = True  # False: the same network in full precision
+    config.binarize_activations = True  # False: 1w32a
+    config.binary_first_layer = False  # the paper keeps first and last layers full precision
+    config.binary_last_layer = False
+    config.estimator = "ede"  # "ede" (IR-Net) or "ste" (BinaryNet's clipped identity)
+    config.weight_scale = True  # Libra-PB's per-channel power-of-two scale
+    config.model_kwargs = ml_collections.ConfigDict()  # the model's own keywords, e.g. block="basic"
+
+    # Error Decay Estimator schedule: t = t_min * 10**(p * log10(t_max / t_min)), k = max(1/t, 1).
+    config.t_min = 0.1
+    config.t_max = 10.0
+    config.ede_per_epoch = True  # p = epoch / num_epochs (official IR-Net); False: p = step / total
+
+    # Data (TFDS). data_dir "" = $TFDS_DATA_DIR, else TFDS's default directory.
+    config.dataset = "cifar10"
+    config.data_dir = ""
+    config.download = False  # let TFDS download and prepare (needs TensorFlow and internet)
+    config.validation_size = 5000  # held out of the train split for model selection
+
+    # Optimization.
+    config.optimizer = "sgd"  # "sgd" (momentum, IR-Net), "adam" or "adamw"
+    config.learning_rate = 0.1
+    config.momentum = 0.9
+    config.nesterov = False
+    config.weight_decay = 1e-4  # on all parameters, as IR-Net
+    config.warmup_epochs = 0.0  # linear warm-up from 0, then cosine decay to 0
+    config.lr_per_epoch = False  # True: the schedule steps once per epoch (official IR-Net)
+    config.label_smoothing = 0.0
+    config.batch_size = 128  # global batch, split over all devices
+    config.eval_batch_size = 500
+    config.num_epochs = 200
+    config.num_train_steps = -1  # > 0: stop after this many steps (a short run); -1: all epochs
+    config.half_precision = False  # bfloat16 compute, float32 weights/optimizer/BatchNorm statistics
+    config.seed = 0
+
+    # Logging and checkpoints (operational fields: may differ on resume).
+    config.log_every_steps = 100
+    config.save_every_epochs = 1
+    config.keep_checkpoints = 3  # the latest N; the best by validation accuracy is kept too
+    config.resume_dir = ""  # a previous workdir to resume from ("": a fresh run)
+    config.eval_only = False  # evaluate the checkpoint in resume_dir (or workdir) and exit
+    config.eval_checkpoint = "best"  # "best" (validation accuracy) or "latest"
+    return config

@@ -1,0 +1,10 @@
+"""The resnet20 CIFAR-10 config on MNIST, with the original README's MNIST budget (10 epochs)."""
+
+from configs import resnet20_cifar10
+
+
+def get_config():
+    config = resnet20_cifar10.get_config()
+    config.dataset = "mnist"
+    config.num_epochs = 10
+    return config

@@ -1,0 +1,478 @@
+"""Training loop: ``train_and_evaluate(config, workdir)``, callable from ``train.py`` or a notebook.
+
+Data parallelism: one ``data`` mesh axis over every device (of every host). Parameters, optimizer
+state and the uint8 dataset are replicated; each step's batch indices are sharded over ``data``, so
+each device gathers, augments and runs its slice, and ``jax.jit`` (GSPMD) inserts the gradient
+all-reduce. BatchNorm statistics are global-batch ones (the mean over the sharded batch axis is
+a cross-device reduction). This is what the card's "pmapped step" asks for, written the way JAX
+recommends now that ``pmap`` runs on ``jit(shard_map)``.
+
+Everything that varies along a run is a function of the integer ``step``: the data order
+(``data.epoch_permutation(seed, epoch)``), the augmentation key (``fold_in(seed, step)``), the learning
+rate (optax schedule of the optimizer's step count) and the EDE ``(k, t)``, fed to the step as
+arrays. So a checkpoint of (step, params, batch_stats, opt_state) resumes a run exactly.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import metrics as clu_metrics
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from irnet_jax import binarization as bz
+from irnet_jax import checkpointing as ckpt
+from irnet_jax import data as data_lib
+from irnet_jax import models
+from irnet_jax.metric_writers import MetricWriter
+from irnet_jax.summary import format_summary, summarize
+
+Array = jax.Array
+
+
+class _QuietOrbax(logging.Filter):
+    """Drops orbax's INFO chatter (several lines per save) from the ``absl`` logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def _quiet_orbax() -> None:
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _QuietOrbax) for f in absl_logger.filters):
+        absl_logger.addFilter(_QuietOrbax())
+
+
+class TrainState(NamedTuple):
+    """Everything a checkpoint holds. ``params``/``batch_stats`` are ``nnx.State`` pytrees."""
+
+    step: Array  # int32 scalar
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+@struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+    loss: clu_metrics.Average.from_output("loss")
+    accuracy: clu_metrics.Average.from_output("accuracy")
+
+
+# --------------------------------------------------------------------------------------- set-up
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+    """bfloat16 when ``half_precision`` (the original's ``--half``), else float32."""
+    return jnp.bfloat16 if config.half_precision else jnp.float32
+
+
+def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    """The configured model for the configured dataset (errors list valid model/dataset names)."""
+    info = data_lib.get_dataset_info(config.dataset)
+    return models.create_model(
+        config.model, input_shape=info.image_shape, num_classes=info.num_classes, rngs=rngs,
+        binary=config.binary, binarize_activations=config.binarize_activations,
+        binary_first_layer=config.binary_first_layer, binary_last_layer=config.binary_last_layer,
+        estimator=config.estimator, weight_scale=config.weight_scale, dtype=compute_dtype(config),
+        **config.model_kwargs.to_dict(),
+    )
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """Linear warm-up from 0 over ``warmup_epochs``, then cosine decay to 0 at ``num_epochs``.
+
+    With ``lr_per_epoch`` the schedule is evaluated at the start of the current epoch (IR-Net steps
+    its cosine once per epoch).
+    """
+    total = max(int(config.num_epochs * steps_per_epoch), 1)
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    base = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, max(total, warmup + 1), 0.0)
+    if warmup == 0:
+        base = optax.cosine_decay_schedule(config.learning_rate, total)
+    if not config.lr_per_epoch:
+        return base
+    return lambda step: base((step // steps_per_epoch) * steps_per_epoch)
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """SGD with momentum (IR-Net; weight decay added to the gradient as in PyTorch), Adam (same L2), or AdamW."""
+    if config.optimizer == "sgd":
+        opt = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
+    elif config.optimizer == "adam":
+        opt = optax.adam(schedule)
+    elif config.optimizer == "adamw":
+        return optax.adamw(schedule, weight_decay=config.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {list(OPTIMIZERS)}")
+    if config.weight_decay:
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
+    return opt
+
+
+def estimator_params(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int) -> bz.EstimatorParams:
+    """The EDE ``(k, t)`` at ``step`` (host-side float32 scalars, fed to the jitted step)."""
+    total = int(config.num_epochs * steps_per_epoch)
+    p = bz.schedule_progress(step, steps_per_epoch, total, config.ede_per_epoch)
+    return bz.EstimatorParams(*(np.float32(v) for v in bz.ede_schedule(p, config.t_min, config.t_max)))
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh, axis ``data``, over every device of every process."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def put_replicated(array: np.ndarray, mesh: Mesh) -> Array:
+    """A host array (identical on every process) as a global array replicated on every device."""
+    sharding = NamedSharding(mesh, P())
+    return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
+
+
+def put_batch(array: np.ndarray, mesh: Mesh) -> Array:
+    """A global host array (identical on every process) sharded along its first axis over ``data``."""
+    sharding = NamedSharding(mesh, P("data"))
+    return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
+
+
+def init_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation
+                     ) -> tuple[nnx.GraphDef, TrainState]:
+    """Initialise the model with ``config.seed`` and the optimizer; returns (graphdef, state)."""
+    model = build_model(config, nnx.Rngs(params=config.seed))
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return graphdef, TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+
+
+# --------------------------------------------------------------------------------- step functions
+
+
+def cross_entropy(logits: Array, labels: Array, num_classes: int, label_smoothing: float = 0.0) -> Array:
+    """Mean softmax cross-entropy in float32. ``logits: [B, K]``, ``labels: [B] int``."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) if label_smoothing \
+        else jax.nn.one_hot(labels, num_classes)
+    return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                    mesh: Mesh) -> Callable:
+    """``step(state, images, labels, batch_idx, ede, key) -> (state, TrainMetrics)``, jitted.
+
+    ``images: [N, H, W, C] uint8`` and ``labels: [N]`` are the device-resident training set,
+    ``batch_idx: [B] int32`` (sharded over ``data``) selects the batch, ``ede`` holds (k, t).
+    """
+    info = data_lib.get_dataset_info(config.dataset)
+    dtype = compute_dtype(config)
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    def step(state: TrainState, images: Array, labels: Array, batch_idx: Array, ede: bz.EstimatorParams,
+             key: Array) -> tuple[TrainState, TrainMetrics]:
+        x = jax.lax.with_sharding_constraint(images[batch_idx], batch_sharding)
+        y = labels[batch_idx]
+        x = data_lib.preprocess(x, info, jax.random.fold_in(key, state.step), dtype)
+
+        def loss_fn(params, batch_stats):
+            model = nnx.merge(graphdef, params, batch_stats, copy=True)
+            logits = model(x, ede)
+            loss = cross_entropy(logits, y, info.num_classes, config.label_smoothing)
+            return loss, (logits, nnx.state(model, nnx.BatchStat))
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+        new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
+        return new_state, TrainMetrics.single_from_model_output(loss=loss, accuracy=accuracy)
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(step, in_shardings=(replicated, replicated, replicated, batch_sharding, replicated, replicated),
+                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def make_eval_step(graphdef_eval: nnx.GraphDef, config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
+    """``eval_step(params, batch_stats, images, labels, idx, mask) -> [loss_sum, correct, count]``.
+
+    ``idx: [B]`` indexes the device-resident split (padded to a full batch), ``mask: [B]`` is 1 for
+    real examples. The model runs in eval mode (BatchNorm running statistics).
+    """
+    info = data_lib.get_dataset_info(config.dataset)
+    dtype = compute_dtype(config)
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    def eval_step(params, batch_stats, images, labels, idx, mask):
+        x = data_lib.preprocess(jax.lax.with_sharding_constraint(images[idx], batch_sharding), info, None, dtype)
+        y = labels[idx]
+        logits = nnx.merge(graphdef_eval, params, batch_stats, copy=True)(x).astype(jnp.float32)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+        return jnp.stack([jnp.sum(nll * mask), jnp.sum(correct * mask), jnp.sum(mask)])
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(eval_step, in_shardings=(replicated,) * 4 + (batch_sharding,) * 2, out_shardings=replicated)
+
+
+def evaluate(eval_step: Callable, state: TrainState, split: tuple[Array, Array], batch_size: int, mesh: Mesh
+             ) -> dict[str, float]:
+    """Loss and accuracy of ``state`` on a device-resident ``(images, labels)`` split."""
+    images, labels = split
+    n = int(labels.shape[0])
+    totals = np.zeros(3)
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, start + batch_size)
+        mask = (idx < n).astype(np.float32)
+        idx = np.where(idx < n, idx, 0).astype(np.int32)
+        totals += np.asarray(eval_step(state.params, state.batch_stats, images, labels,
+                                       put_batch(idx, mesh), put_batch(mask, mesh)))
+    return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
+
+
+# ---------------------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class _Preemption:
+    """Set by SIGTERM (TPU preemption): the loop saves a checkpoint and returns."""
+
+    requested: bool = False
+
+    def install(self) -> Callable[[], None]:
+        try:
+            previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "requested", True))
+        except ValueError:  # not the main thread (e.g. some notebook kernels): no preemption handling
+            return lambda: None
+        return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
+    data_lib.get_dataset_info(config.dataset)
+    if config.model not in models.list_models():
+        raise ValueError(f"unknown model {config.model!r}; valid: {models.list_models()}")
+    if config.batch_size % n_devices or config.eval_batch_size % n_devices:
+        raise ValueError(f"batch_size={config.batch_size} and eval_batch_size={config.eval_batch_size} must be "
+                         f"multiples of the device count {n_devices}")
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {list(OPTIMIZERS)}")
+    if config.eval_checkpoint not in ("best", "latest"):
+        raise ValueError(f"eval_checkpoint must be 'best' or 'latest', got {config.eval_checkpoint!r}")
+
+
+def _restore(config, source_dir: str, which: str, abstract: TrainState, mesh: Mesh) -> tuple[TrainState, dict]:
+    step = ckpt.find_step(source_dir, which)
+    meta = ckpt.read_meta(source_dir, step)
+    ckpt.check_compatible(meta.get("config", {}), config, source_dir)
+    replicated = NamedSharding(mesh, P())
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
+    return ckpt.restore_state(source_dir, step, target), meta
+
+
+def _device_split(split: data_lib.Split, mesh: Mesh) -> tuple[Array, Array]:
+    return put_replicated(split.images, mesh), put_replicated(split.labels, mesh)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train ``config`` in ``workdir`` (or only evaluate, with ``config.eval_only``); returns the summary.
+
+    Writes ``<workdir>/checkpoints``, ``metrics.jsonl``, ``train.log``, ``tensorboard/`` and
+    ``summary.json`` (accuracies as fractions in [0, 1]).
+    """
+    t_start = time.time()
+    _quiet_orbax()
+    mesh = make_mesh()
+    _validate(config, mesh.size)
+    info = data_lib.get_dataset_info(config.dataset)
+
+    if config.eval_only:
+        return _evaluate_only(config, workdir, mesh)
+
+    workdir = os.path.abspath(workdir)
+    resume_dir = os.path.abspath(config.resume_dir) if config.resume_dir else ""
+    if not resume_dir and os.path.isdir(ckpt.checkpoint_dir(workdir)) and os.listdir(ckpt.checkpoint_dir(workdir)):
+        raise ckpt.CheckpointError(
+            f"workdir {workdir} already holds checkpoints; resume with --config.resume_dir={workdir} "
+            f"or choose a new workdir (nothing was changed)")
+    if resume_dir:
+        ckpt.find_step(resume_dir, "latest")  # fail before loading data when there is nothing to resume
+
+    splits = data_lib.load_dataset(config.dataset, config.data_dir, config.validation_size, config.seed,
+                                   config.download)
+    train_images, train_labels = _device_split(splits["train"], mesh)
+    n_train = len(splits["train"].labels)
+    steps_per_epoch = n_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size={config.batch_size} exceeds the {n_train} training examples")
+    total_steps = int(config.num_epochs * steps_per_epoch)
+    if config.num_train_steps > 0:
+        total_steps = min(total_steps, config.num_train_steps)
+
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    tx = make_optimizer(config, schedule)
+    graphdef, state = init_train_state(config, tx)
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    meta_best = 0.0
+    if resume_dir:
+        state, meta = _restore(config, resume_dir, "latest", state, mesh)
+        meta_best = float(meta.get("best_val_accuracy", 0.0))
+    model_for_views = nnx.merge(graphdef, state.params, state.batch_stats)
+    graphdef_eval = nnx.graphdef(nnx.view(model_for_views, use_running_average=True))
+
+    writer = MetricWriter(workdir)
+    writer.log(f"devices: {mesh.size} x {jax.devices()[0].platform} ({jax.process_count()} process(es)); "
+               f"train {n_train}, validation {len(splits['validation'].labels)}, test {len(splits['test'].labels)}")
+    writer.log(format_summary(summarize(build_model(config, nnx.Rngs(0)), info.image_shape),
+                              f"{config.model} on {config.dataset}"))
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json(indent=2))
+
+    train_step = make_train_step(graphdef, tx, config, mesh)
+    eval_step = make_eval_step(graphdef_eval, config, mesh)
+    val_split = _device_split(splits["validation"], mesh)
+    test_split = _device_split(splits["test"], mesh)
+    base_key = jax.random.key(config.seed)
+    manager = ckpt.open_manager(workdir, config.keep_checkpoints)
+    preemption = _Preemption()
+    uninstall = preemption.install()
+
+    step = int(state.step)
+    start_step = step
+    best_val = meta_best
+    last_val: float | None = None
+    train_seconds, train_steps_timed = 0.0, 0
+    accumulated: TrainMetrics | None = None
+    t_log, step_log = time.time(), step
+    preempted = False
+
+    def save(step: int, val_accuracy: float | None) -> None:
+        meta = {"config": ckpt.training_fields(config), "model": config.model, "dataset": config.dataset,
+                "step": step, "epoch": step / steps_per_epoch, "val_accuracy": val_accuracy,
+                "best_val_accuracy": best_val}
+        ckpt.save(manager, step, state, meta, val_accuracy)
+
+    try:
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            order = data_lib.epoch_permutation(n_train, config.seed, epoch)
+            t_epoch = time.time()
+            for i in range(step % steps_per_epoch, steps_per_epoch):
+                if step >= total_steps or preemption.requested:
+                    break
+                idx = put_batch(order[i * config.batch_size:(i + 1) * config.batch_size], mesh)
+                ede = estimator_params(config, step, steps_per_epoch)
+                state, m = train_step(state, train_images, train_labels, idx, ede, base_key)
+                accumulated = m if accumulated is None else accumulated.merge(m)
+                step += 1
+                if step == start_step + 1:  # exclude compilation from throughput
+                    jax.block_until_ready(state.step)
+                    t_epoch, t_log, step_log = time.time(), time.time(), step
+                if step % config.log_every_steps == 0 or step == total_steps:
+                    values = {k: float(v) for k, v in accumulated.compute().items()}
+                    accumulated = None
+                    now = time.time()
+                    rate = (step - step_log) / max(now - t_log, 1e-9)
+                    t_log, step_log = now, step
+                    lr = float(schedule(step - 1))
+                    writer.write(step, {"train_loss": values["loss"], "train_accuracy": values["accuracy"],
+                                        "learning_rate": lr, "ede_t": float(ede.t_w), "ede_k": float(ede.k_w),
+                                        "steps_per_second": rate, "images_per_second": rate * config.batch_size})
+                    eta = (total_steps - step) / max(rate, 1e-9)
+                    writer.log(f"epoch {step / steps_per_epoch:7.2f}  step {step:7d}/{total_steps}  "
+                               f"loss {values['loss']:.4f}  acc {values['accuracy']:.4f}  lr {lr:.3e}  "
+                               f"t {float(ede.t_w):.3e}  k {float(ede.k_w):.3e}  {rate:6.2f} steps/s  "
+                               f"{rate * config.batch_size:8.1f} img/s  ETA {_hms(eta)}")
+            jax.block_until_ready(state.step)
+            timed_steps = step - max(start_step + 1, epoch * steps_per_epoch)
+            if timed_steps > 0:
+                train_seconds += time.time() - t_epoch
+                train_steps_timed += timed_steps
+            if preemption.requested:
+                preempted = True
+                writer.log(f"SIGTERM at step {step}: saving a checkpoint and exiting")
+                save(step, None)
+                break
+            epoch_done = step % steps_per_epoch == 0
+            if epoch_done or step == total_steps:
+                val = evaluate(eval_step, state, val_split, config.eval_batch_size, mesh)
+                last_val = val["accuracy"]
+                best_val = max(best_val, last_val)
+                ep = step // steps_per_epoch
+                writer.write(step, {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "epoch": ep})
+                writer.log(f"epoch {ep:4d} (step {step}): val loss {val['loss']:.4f}  val acc {val['accuracy']:.4f}  "
+                           f"best {best_val:.4f}")
+                if step == total_steps or (epoch_done and ep % max(config.save_every_epochs, 1) == 0):
+                    save(step, last_val)
+    finally:
+        uninstall()
+
+    summary: dict[str, Any] = {
+        "model": config.model, "dataset": config.dataset, "steps": step,
+        "epochs_completed": step / steps_per_epoch, "preempted": preempted,
+        "best_val_accuracy": best_val, "final_val_accuracy": last_val,
+        "train_images_per_second": train_steps_timed * config.batch_size / train_seconds if train_seconds else None,
+        "device_count": mesh.size, "backend": jax.default_backend(),
+    }
+    if not preempted:
+        test = evaluate(eval_step, state, test_split, config.eval_batch_size, mesh)
+        summary.update(final_test_accuracy=test["accuracy"], final_test_loss=test["loss"])
+        best_step = manager.best_step()
+        if best_step is not None and best_step != step:
+            best_state = ckpt.restore_state(workdir, best_step, jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state))
+            summary["best_checkpoint_step"] = best_step
+            summary["best_checkpoint_test_accuracy"] = evaluate(
+                eval_step, best_state, test_split, config.eval_batch_size, mesh)["accuracy"]
+        else:
+            summary["best_checkpoint_step"] = step
+            summary["best_checkpoint_test_accuracy"] = test["accuracy"]
+        writer.write(step, {"test_loss": test["loss"], "test_accuracy": test["accuracy"]})
+        writer.log(f"test: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f} (final model); "
+                   f"{summary['best_checkpoint_test_accuracy']:.4f} (best-validation checkpoint, step "
+                   f"{summary['best_checkpoint_step']})")
+    summary["wall_seconds"] = time.time() - t_start
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+    manager.close()
+    writer.close()
+    return summary
+
+
+def _evaluate_only(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str, Any]:
+    """Load the ``eval_checkpoint`` of ``resume_dir`` (or ``workdir``), report validation and test
+    loss/accuracy. Writes nothing."""
+    _quiet_orbax()
+    source = os.path.abspath(config.resume_dir or workdir)
+    ckpt.find_step(source, config.eval_checkpoint)
+    splits = data_lib.load_dataset(config.dataset, config.data_dir, config.validation_size, config.seed,
+                                   config.download)
+    steps_per_epoch = len(splits["train"].labels) // config.batch_size
+    tx = make_optimizer(config, learning_rate_schedule(config, max(steps_per_epoch, 1)))
+    graphdef, abstract = init_train_state(config, tx)
+    state, meta = _restore(config, source, config.eval_checkpoint, abstract, mesh)
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    eval_step = make_eval_step(nnx.graphdef(nnx.view(model, use_running_average=True)), config, mesh)
+    val = evaluate(eval_step, state, _device_split(splits["validation"], mesh), config.eval_batch_size, mesh)
+    test = evaluate(eval_step, state, _device_split(splits["test"], mesh), config.eval_batch_size, mesh)
+    result = {"checkpoint_step": int(state.step), "recorded_val_accuracy": meta.get("val_accuracy"),
+              "val_accuracy": val["accuracy"], "val_loss": val["loss"],
+              "test_accuracy": test["accuracy"], "test_loss": test["loss"]}
+    logging.info("evaluate-only %s step %d: %s", source, result["checkpoint_step"], json.dumps(result))
+    print(json.dumps(result))
+    return result
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
