@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data_dir = ""
     config.download = False  # let TFDS download and prepare (needs TensorFlow and internet)
     config.validation_size = 5000  # held out of the train split for model selection
+    config.train_size = -1  # > 0: train on only this many examples (quick experiments); -1: all
 
     # Optimization.
     config.optimizer = "sgd"  # "sgd" (momentum, IR-Net), "adam" or "adamw"

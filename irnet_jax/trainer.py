@@ -130,9 +130,9 @@ def estimator_params(config: ml_collections.ConfigDict, step: int, steps_per_epo
     return bz.EstimatorParams(*(np.float32(v) for v in bz.ede_schedule(p, config.t_min, config.t_max)))
 
 
-def make_mesh() -> Mesh:
-    """A 1-D mesh, axis ``data``, over every device of every process."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
+def make_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D mesh, axis ``data``, over ``devices`` (default: every device of every process)."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
 
 
 def put_replicated(array: np.ndarray, mesh: Mesh) -> Array:
@@ -147,12 +147,16 @@ def put_batch(array: np.ndarray, mesh: Mesh) -> Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
 
 
-def init_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation
+def init_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation, mesh: Mesh | None = None
                      ) -> tuple[nnx.GraphDef, TrainState]:
-    """Initialise the model with ``config.seed`` and the optimizer; returns (graphdef, state)."""
+    """Initialise the model with ``config.seed`` and the optimizer; returns (graphdef, state), the
+    state replicated over ``mesh`` when given."""
     model = build_model(config, nnx.Rngs(params=config.seed))
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return graphdef, TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+    if mesh is not None:
+        state = jax.device_put(state, NamedSharding(mesh, P()))
+    return graphdef, state
 
 
 # --------------------------------------------------------------------------------- step functions
@@ -264,6 +268,7 @@ def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
                          f"multiples of the device count {n_devices}")
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {list(OPTIMIZERS)}")
+    bz.get_estimator(config.estimator)
     if config.eval_checkpoint not in ("best", "latest"):
         raise ValueError(f"eval_checkpoint must be 'best' or 'latest', got {config.eval_checkpoint!r}")
 
@@ -275,6 +280,17 @@ def _restore(config, source_dir: str, which: str, abstract: TrainState, mesh: Me
     replicated = NamedSharding(mesh, P())
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
     return ckpt.restore_state(source_dir, step, target), meta
+
+
+def load_splits(config: ml_collections.ConfigDict) -> dict[str, data_lib.Split]:
+    """The configured dataset's train/validation/test splits; ``train_size > 0`` keeps only that many
+    training examples (the first ones of the train split: short experiments)."""
+    splits = data_lib.load_dataset(config.dataset, config.data_dir, config.validation_size, config.seed,
+                                   config.download)
+    if config.train_size > 0:
+        train = splits["train"]
+        splits["train"] = data_lib.Split(train.images[: config.train_size], train.labels[: config.train_size])
+    return splits
 
 
 def _device_split(split: data_lib.Split, mesh: Mesh) -> tuple[Array, Array]:
@@ -305,8 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if resume_dir:
         ckpt.find_step(resume_dir, "latest")  # fail before loading data when there is nothing to resume
 
-    splits = data_lib.load_dataset(config.dataset, config.data_dir, config.validation_size, config.seed,
-                                   config.download)
+    splits = load_splits(config)
     train_images, train_labels = _device_split(splits["train"], mesh)
     n_train = len(splits["train"].labels)
     steps_per_epoch = n_train // config.batch_size
@@ -318,8 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     schedule = learning_rate_schedule(config, steps_per_epoch)
     tx = make_optimizer(config, schedule)
-    graphdef, state = init_train_state(config, tx)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
+    graphdef, state = init_train_state(config, tx, mesh)
     meta_best = 0.0
     if resume_dir:
         state, meta = _restore(config, resume_dir, "latest", state, mesh)
@@ -453,8 +467,7 @@ def _evaluate_only(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) 
     _quiet_orbax()
     source = os.path.abspath(config.resume_dir or workdir)
     ckpt.find_step(source, config.eval_checkpoint)
-    splits = data_lib.load_dataset(config.dataset, config.data_dir, config.validation_size, config.seed,
-                                   config.download)
+    splits = load_splits(config)
     steps_per_epoch = len(splits["train"].labels) // config.batch_size
     tx = make_optimizer(config, learning_rate_schedule(config, max(steps_per_epoch, 1)))
     graphdef, abstract = init_train_state(config, tx)
