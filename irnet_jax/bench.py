@@ -1,0 +1,168 @@
+"""Training/evaluation throughput benchmark.
+
+    python -m irnet_jax.bench --config configs/vgg_small_cifar10.py \
+        --models=vgg_small,resnet20 --binary=true,false --dtypes=float32,bfloat16 --batch_size=128
+
+For each (model, binary, dtype) row: the configured model and the trainer's own jitted train and
+eval steps, fed from a device-resident synthetic uint8 dataset of the real image shape (on-device
+augmentation included). Compilation is timed separately; then ``--warmup`` steps, then the median
+over ``--steps`` individually timed steps. Prints a table and one JSON line per row. Rows are
+comparable only within one run on one machine.
+"""
+
+import datetime
+import json
+import resource
+import statistics
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from irnet_jax import data as data_lib
+from irnet_jax import trainer
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Base training config (model options, optimizer, dataset).")
+flags.DEFINE_list("models", [], "Models to run (default: the config's model).")
+flags.DEFINE_list("binary", ["true", "false"], "Binarization on (the config's setting) and/or off (full precision).")
+flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes.")
+flags.DEFINE_integer("batch_size", 128, "Global training batch.")
+flags.DEFINE_integer("eval_batch_size", 256, "Global evaluation batch.")
+flags.DEFINE_integer("steps", 20, "Timed steps per row (median reported).")
+flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+flags.DEFINE_string("output", "", "Append the JSON lines to this file too.")
+flags.mark_flags_as_required(["config"])
+
+COMPARABILITY_NOTE = "Rows are comparable only within one run on one machine."
+
+
+def _median_seconds(fn, steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _peak_device_mb() -> float | None:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+
+
+def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch_size: int, steps: int,
+                  warmup: int) -> dict[str, Any]:
+    """Measure one configuration; returns the JSON row."""
+    mesh = trainer.make_mesh()
+    info = data_lib.get_dataset_info(config.dataset)
+    config = config.copy_and_resolve_references()
+    config.batch_size = batch_size
+    n = max(4 * batch_size, eval_batch_size, 1024)
+    rng = np.random.default_rng(0)
+    images = trainer.put_replicated(rng.integers(0, 256, (n, *info.image_shape), np.uint8), mesh)
+    labels = trainer.put_replicated(rng.integers(0, info.num_classes, (n,), np.int32), mesh)
+    steps_per_epoch = n // batch_size
+    tx = trainer.make_optimizer(config, trainer.learning_rate_schedule(config, steps_per_epoch))
+    graphdef, state = trainer.init_train_state(config, tx, mesh)
+    train_step = trainer.make_train_step(graphdef, tx, config, mesh)
+    graphdef_eval = nnx.graphdef(nnx.view(nnx.merge(graphdef, state.params, state.batch_stats),
+                                          use_running_average=True))
+    eval_step = trainer.make_eval_step(graphdef_eval, config, mesh)
+    key = jax.random.key(0)
+    orders = [trainer.put_batch(rng.permutation(n)[:batch_size].astype(np.int32), mesh) for _ in range(4)]
+    ede = trainer.estimator_params(config, 0, steps_per_epoch)
+    eval_idx = trainer.put_batch(np.arange(eval_batch_size, dtype=np.int32), mesh)
+    eval_mask = trainer.put_batch(np.ones(eval_batch_size, np.float32), mesh)
+
+    t = time.perf_counter()
+    train_compiled = train_step.lower(state, images, labels, orders[0], ede, key).compile()
+    eval_compiled = eval_step.lower(state.params, state.batch_stats, images, labels, eval_idx, eval_mask).compile()
+    compile_seconds = time.perf_counter() - t
+
+    holder = {"state": state, "i": 0}
+
+    def one_train_step():
+        holder["i"] += 1
+        holder["state"], m = train_compiled(holder["state"], images, labels, orders[holder["i"] % 4], ede, key)
+        return m
+
+    train_s = _median_seconds(one_train_step, steps, warmup)
+    st = holder["state"]
+    eval_s = _median_seconds(lambda: eval_compiled(st.params, st.batch_stats, images, labels, eval_idx, eval_mask),
+                             steps, warmup)
+    cost = train_compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else (cost or {})
+    return {
+        "model": config.model, "binary": bool(config.binary), "dtype": "bfloat16" if config.half_precision else "float32",
+        "dataset": config.dataset, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
+        "train_images_per_second": batch_size / train_s, "eval_images_per_second": eval_batch_size / eval_s,
+        "train_step_ms": 1e3 * train_s, "eval_step_ms": 1e3 * eval_s, "compile_seconds": compile_seconds,
+        "train_step_gflops": float(cost.get("flops", 0.0)) / 1e9,
+        "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_device_mb": _peak_device_mb(), "backend": jax.default_backend(), "device_count": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind, "jax_version": jax.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'model':<10} {'binary':<6} {'dtype':<8} {'batch':>5} {'train img/s':>11} {'eval img/s':>10} " \
+           f"{'train ms':>9} {'compile s':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['model']:<10} {str(r['binary']):<6} {r['dtype']:<8} {r['batch_size']:>5} "
+                     f"{r['train_images_per_second']:>11.1f} {r['eval_images_per_second']:>10.1f} "
+                     f"{r['train_step_ms']:>9.1f} {r['compile_seconds']:>9.1f}")
+    lines.append(f"{rows[0]['backend']} x {rows[0]['device_count']} ({rows[0]['device_kind']}), JAX "
+                 f"{rows[0]['jax_version']}. {COMPARABILITY_NOTE}" if rows else COMPARABILITY_NOTE)
+    return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, models: list[str], binary: list[bool], dtypes: list[str],
+        batch_size: int, eval_batch_size: int, steps: int, warmup: int, output: str = "") -> list[dict[str, Any]]:
+    """Benchmark every combination; print each JSON line as it is measured and the table at the end."""
+    rows = []
+    for model in models or [config.model]:
+        for is_binary in binary:
+            for dtype in dtypes:
+                if dtype not in ("float32", "bfloat16"):
+                    raise ValueError(f"unknown dtype {dtype!r}; valid: ['float32', 'bfloat16']")
+                c = config.copy_and_resolve_references()
+                c.model, c.binary, c.half_precision = model, is_binary, dtype == "bfloat16"
+                if model != config.model:
+                    c.model_kwargs = ml_collections.ConfigDict()
+                row = benchmark_row(c, batch_size, eval_batch_size, steps, warmup)
+                rows.append(row)
+                line = json.dumps(row)
+                print(line, flush=True)
+                if output:
+                    with open(output, "a", encoding="utf-8") as f:
+                        f.write(line + "\n")
+    print(format_table(rows), flush=True)
+    return rows
+
+
+def _parse_bool(s: str) -> bool:
+    if s.lower() not in ("true", "false"):
+        raise app.UsageError(f"--binary takes true/false values, got {s!r}")
+    return s.lower() == "true"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    run(FLAGS.config, FLAGS.models, [_parse_bool(b) for b in FLAGS.binary], FLAGS.dtypes, FLAGS.batch_size,
+        FLAGS.eval_batch_size, FLAGS.steps, FLAGS.warmup, FLAGS.output)
+
+
+if __name__ == "__main__":
+    app.run(main)

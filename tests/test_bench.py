@@ -1,0 +1,27 @@
+"""The benchmark command in tiny mode: every row has every field (no timing is asserted)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FIELDS = {"model", "binary", "dtype", "batch_size", "train_images_per_second", "eval_images_per_second",
+          "compile_seconds", "backend", "device_count", "peak_host_mb", "peak_device_mb", "eval_batch_size"}
+
+
+def test_bench_cli_tiny_mode(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    r = subprocess.run([sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py",
+                        "--binary=true,false", "--dtypes=float32,bfloat16", "--batch_size=8", "--eval_batch_size=8",
+                        "--steps=2", "--warmup=1", f"--output={out}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [(row["binary"], row["dtype"]) for row in rows] == [
+        (True, "float32"), (True, "bfloat16"), (False, "float32"), (False, "bfloat16")]
+    for row in rows:
+        assert FIELDS <= set(row), FIELDS - set(row)
+        assert row["model"] == "mnistnet" and row["batch_size"] == 8 and row["device_count"] >= 1
+        assert row["train_images_per_second"] > 0 and row["eval_images_per_second"] > 0
+    assert "comparable only within one run on one machine" in r.stdout
