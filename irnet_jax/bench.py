@@ -74,9 +74,7 @@ def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch
     tx = trainer.make_optimizer(config, trainer.learning_rate_schedule(config, steps_per_epoch))
     graphdef, state = trainer.init_train_state(config, tx, mesh)
     train_step = trainer.make_train_step(graphdef, tx, config, mesh)
-    graphdef_eval = nnx.graphdef(nnx.view(nnx.merge(graphdef, state.params, state.batch_stats),
-                                          use_running_average=True))
-    eval_step = trainer.make_eval_step(graphdef_eval, config, mesh)
+    eval_step = trainer.make_eval_step(trainer.eval_graphdef(graphdef, state), config, mesh)
     key = jax.random.key(0)
     orders = [trainer.put_batch(rng.permutation(n)[:batch_size].astype(np.int32), mesh) for _ in range(4)]
     ede = trainer.estimator_params(config, 0, steps_per_epoch)

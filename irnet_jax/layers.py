@@ -87,13 +87,20 @@ class _BinaryLayer(nnx.Module):
 
     kernel_reduce_axes: tuple[int, ...] = ()
 
-    def _init_options(self, binarize_weights, binarize_activations, estimator, weight_scale, dtype):
+    def _init_options(self, binarize_weights, binarize_activations, estimator, weight_scale, dtype,
+                      materialize_input):
+        self.materialize_input = materialize_input
         self.binarize_weights = binarize_weights
         self.binarize_activations = binarize_activations
         self.estimator = estimator
         self.weight_scale = weight_scale
         self.dtype = dtype
         self._estimator_fn = bz.get_estimator(estimator)  # validates the name early
+
+    def set_view(self, materialize_input: bool | None = None) -> None:
+        """Used by ``nnx.view``: e.g. ``nnx.view(model, materialize_input=False)`` for inference."""
+        if materialize_input is not None:
+            self.materialize_input = materialize_input
 
     @property
     def is_binary(self) -> bool:
@@ -111,7 +118,16 @@ class _BinaryLayer(nnx.Module):
         )
 
     def quantized_input(self, x: Array, ede: bz.EstimatorParams) -> Array:
-        """``Qa(x)``: the estimator's sign of ``x``, or ``x`` itself."""
+        """``Qa(x)``: the estimator's sign of ``x``, or ``x`` itself.
+
+        With ``materialize_input`` the input first passes an optimization barrier, so it is stored
+        once instead of being recomputed: without it XLA CPU re-derives the whole chain of preceding
+        elementwise ops (residual adds, BatchNorm, hardtanh: quadratic in depth for the Bi-Real
+        ResNet) inside every backward transpose. It acts only where the ``cse_barrier_expander``
+        pass is disabled for the compilation (the trainer does so on CPU); elsewhere XLA removes it.
+        """
+        if self.materialize_input:
+            x = jax.lax.optimization_barrier(x)
         if not self.binarize_activations:
             return x
         return self._estimator_fn(x, ede.k_a, ede.t_a)
@@ -139,10 +155,12 @@ class BinaryConv(_BinaryLayer):
         estimator: str = "ede",
         weight_scale: bool = True,
         dtype: Dtype = jnp.float32,
+        materialize_input: bool = False,
         kernel_init: nnx.Initializer = nnx.initializers.kaiming_normal(),
         rngs: nnx.Rngs,
     ):
-        self._init_options(binarize_weights, binarize_activations, estimator, weight_scale, dtype)
+        self._init_options(binarize_weights, binarize_activations, estimator, weight_scale, dtype,
+                           materialize_input)
         self.in_features, self.out_features = in_features, out_features
         self.kernel_size, self.strides = kernel_size, strides
         self.padding = kernel_size // 2 if padding is None else padding
@@ -183,10 +201,12 @@ class BinaryDense(_BinaryLayer):
         estimator: str = "ede",
         weight_scale: bool = True,
         dtype: Dtype = jnp.float32,
+        materialize_input: bool = False,
         kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
         rngs: nnx.Rngs,
     ):
-        self._init_options(binarize_weights, binarize_activations, estimator, weight_scale, dtype)
+        self._init_options(binarize_weights, binarize_activations, estimator, weight_scale, dtype,
+                           materialize_input)
         self.in_features, self.out_features = in_features, out_features
         self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None

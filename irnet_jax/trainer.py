@@ -85,8 +85,23 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module
         binary=config.binary, binarize_activations=config.binarize_activations,
         binary_first_layer=config.binary_first_layer, binary_last_layer=config.binary_last_layer,
         estimator=config.estimator, weight_scale=config.weight_scale, dtype=compute_dtype(config),
-        **config.model_kwargs.to_dict(),
+        materialize_inputs=use_fusion_barriers(config), **config.model_kwargs.to_dict(),
     )
+
+
+FUSION_BARRIER_CHOICES = ("auto", "on", "off")
+
+
+def use_fusion_barriers(config: ml_collections.ConfigDict) -> bool:
+    """Whether layer inputs are materialized (``fusion_barriers``: "auto" = on the CPU backend only)."""
+    if config.fusion_barriers not in FUSION_BARRIER_CHOICES:
+        raise ValueError(f"fusion_barriers must be one of {list(FUSION_BARRIER_CHOICES)}, got {config.fusion_barriers!r}")
+    return config.fusion_barriers == "on" or (config.fusion_barriers == "auto" and jax.default_backend() == "cpu")
+
+
+def compiler_options(config: ml_collections.ConfigDict) -> dict[str, str] | None:
+    """XLA options for the train/eval steps: keep the layers' optimization barriers when they are used."""
+    return {"xla_disable_hlo_passes": "cse_barrier_expander"} if use_fusion_barriers(config) else None
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -202,7 +217,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, co
 
     replicated = NamedSharding(mesh, P())
     return jax.jit(step, in_shardings=(replicated, replicated, replicated, batch_sharding, replicated, replicated),
-                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+                   out_shardings=(replicated, replicated), donate_argnums=(0,),
+                   compiler_options=compiler_options(config))
+
+
+def eval_graphdef(graphdef: nnx.GraphDef, state: TrainState) -> nnx.GraphDef:
+    """The model's graph in evaluation mode: BatchNorm running statistics, no optimization barriers
+    (they only serve the backward pass)."""
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    return nnx.graphdef(nnx.view(model, use_running_average=True, materialize_input=False))
 
 
 def make_eval_step(graphdef_eval: nnx.GraphDef, config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
@@ -338,8 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if resume_dir:
         state, meta = _restore(config, resume_dir, "latest", state, mesh)
         meta_best = float(meta.get("best_val_accuracy", 0.0))
-    model_for_views = nnx.merge(graphdef, state.params, state.batch_stats)
-    graphdef_eval = nnx.graphdef(nnx.view(model_for_views, use_running_average=True))
+    graphdef_eval = eval_graphdef(graphdef, state)
 
     writer = MetricWriter(workdir)
     writer.log(f"devices: {mesh.size} x {jax.devices()[0].platform} ({jax.process_count()} process(es)); "
@@ -472,8 +494,7 @@ def _evaluate_only(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) 
     tx = make_optimizer(config, learning_rate_schedule(config, max(steps_per_epoch, 1)))
     graphdef, abstract = init_train_state(config, tx)
     state, meta = _restore(config, source, config.eval_checkpoint, abstract, mesh)
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
-    eval_step = make_eval_step(nnx.graphdef(nnx.view(model, use_running_average=True)), config, mesh)
+    eval_step = make_eval_step(eval_graphdef(graphdef, state), config, mesh)
     val = evaluate(eval_step, state, _device_split(splits["validation"], mesh), config.eval_batch_size, mesh)
     test = evaluate(eval_step, state, _device_split(splits["test"], mesh), config.eval_batch_size, mesh)
     result = {"checkpoint_step": int(state.step), "recorded_val_accuracy": meta.get("val_accuracy"),
