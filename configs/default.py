@@ -16,8 +16,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.binarize_activations = True  # False: 1w32a
     config.binary_first_layer = False  # the paper keeps first and last layers full precision
     config.binary_last_layer = False
-    config.estimator = "ede"  # "ede" (IR-Net) or "ste" (BinaryNet's clipped identity)
-    config.weight_scale = True  # Libra-PB's per-channel power-of-two scale
+    config.estimator = "ede"  # "ede" (IR-Net), "ste" (BinaryNet's clipped identity), "ie" (IE-Net)
+    config.weight_scale = "power_of_two"  # Libra-PB's 2**round(log2(mean|w|)); "learned" (IE-Net); "none"
+    config.activation_std_norm = False  # IE-Net: divide activations by their per-sample std before sign
+    # Hardware-oriented variants (see README, "Fully binary networks").
+    config.pad_value = "zero"  # binary convs pad with "zero", "one", "minus_one" or "checkerboard"
+    config.norm = "batchnorm"  # "batchnorm", "offset" (x + b) or "frozen_scale_batchnorm"
+    config.shift_conv = False  # 2-base binary activation: conv(sign(x+s1)) + a * conv(sign(x+s2))
+    config.shift_learn_second_scale = False  # a learnable (IE-Net) instead of fixed
+    config.shift_second_scale = 1.0  # a (or its initial value)
+    config.last_layer_output_scale = "learned"  # binary last layer: "learned", "fixed" 1/sqrt(K), "none"
+    config.input_encoding = "none"  # "thermometer" or "bitplanes": uint8 image -> +-1 planes
+    config.encoding_levels = 8  # thermometer levels / bit-planes per colour channel
     config.model_kwargs = ml_collections.ConfigDict()  # the model's own keywords, e.g. block="basic"
 
     # Error Decay Estimator schedule: t = t_min * 10**(p * log10(t_max / t_min)), k = max(1/t, 1).

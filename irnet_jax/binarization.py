@@ -12,10 +12,13 @@ Every function here is pure and works on arrays of any shape.
   ========  =====================================================  ============================
   ``ede``   ``k * t * (1 - tanh(t x)^2)``                          IR-Net (Error Decay Estimator)
   ``ste``   ``1{|x| <= 1}`` (k, t ignored)                         BinaryNet (clipped identity)
+  ``ie``    ``k * max(0, sqrt(3) t - 1.5 t^2 |x|)``                IE-Net (Information Enhancement)
   ========  =====================================================  ============================
 
 * The EDE schedule, ``p`` = training progress in [0, 1]:
   ``t = T_min * 10**(p * log10(T_max / T_min))``, ``k = max(1/t, 1)``.
+* The IE-Net schedule: weights ``t = T_min * 10**(p * log10(T_max / T_min))`` (IE-Net: ``10**(-2 + 3p)``,
+  i.e. ``T_min = 0.01``, ``T_max = 10``), ``k = max(1/t, 1)``; activations ``k = 1``, ``t = max(t, 1)``.
 * Libra Parameter Binarization of a weight tensor, per output channel ``o``:
   ``w_std = (w - mean_o(w)) / std_o(w)``, ``Q(w) = estimator(w_std) * 2**round(log2(mean_o|w_std|))``
   with the power-of-two scale under ``stop_gradient`` (a bit shift on hardware).
@@ -28,6 +31,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Estimator = Callable[[Array, Array, Array], Array]
@@ -83,7 +87,27 @@ def _ste_bwd(res, g):
 ste_sign.defvjp(_ste_fwd, _ste_bwd)
 
 
-ESTIMATORS: dict[str, Estimator] = {"ede": ede_sign, "ste": ste_sign}
+@jax.custom_vjp
+def ie_sign(x: Array, k: Array, t: Array) -> Array:
+    """Information Enhancement Estimator (IE-Net). Forward ``sign(x)``; backward
+    ``g * k * max(0, sqrt(3) t - 1.5 t^2 |x|)`` (a triangle of area 2k around 0)."""
+    return sign(x)
+
+
+def _ie_fwd(x, k, t):
+    return sign(x), (x, k, t)
+
+
+def _ie_bwd(res, g):
+    x, k, t = res
+    grad = k * jnp.maximum(0.0, math.sqrt(3.0) * t - 1.5 * t * t * jnp.abs(x.astype(jnp.float32)))
+    return (g * grad.astype(g.dtype), _zero_cotangent(k), _zero_cotangent(t))
+
+
+ie_sign.defvjp(_ie_fwd, _ie_bwd)
+
+
+ESTIMATORS: dict[str, Estimator] = {"ede": ede_sign, "ste": ste_sign, "ie": ie_sign}
 
 
 def get_estimator(name: str) -> Estimator:
@@ -109,17 +133,30 @@ class EstimatorParams(NamedTuple):
         return cls(k_, t_, k_, t_)
 
 
-def ede_t(progress: Array | float, t_min: float, t_max: float) -> Array:
-    """``t = T_min * 10**(p * log10(T_max / T_min))`` with ``p`` clipped to [0, 1]."""
-    p = jnp.clip(jnp.asarray(progress, jnp.float32), 0.0, 1.0)
-    return jnp.float32(t_min) * jnp.power(10.0, p * math.log10(t_max / t_min)).astype(jnp.float32)
+def ede_t(progress: float, t_min: float, t_max: float) -> np.float32:
+    """``t = T_min * 10**(p * log10(T_max / T_min))`` with ``p`` clipped to [0, 1] (host-side NumPy)."""
+    p = min(max(float(progress), 0.0), 1.0)
+    return np.float32(t_min * 10.0 ** (p * math.log10(t_max / t_min)))
 
 
-def ede_schedule(progress: Array | float, t_min: float, t_max: float) -> EstimatorParams:
+def ede_schedule(progress: float, t_min: float, t_max: float) -> EstimatorParams:
     """IR-Net's schedule, shared by weights and activations: ``t`` as in :func:`ede_t`, ``k = max(1/t, 1)``."""
     t = ede_t(progress, t_min, t_max)
-    k = jnp.maximum(1.0 / t, 1.0)
+    k = np.float32(max(1.0 / t, 1.0))
     return EstimatorParams(k, t, k, t)
+
+
+def ie_schedule(progress: float, t_min: float = 0.01, t_max: float = 10.0) -> EstimatorParams:
+    """IE-Net's schedule: weights ``(max(1/t, 1), t)``, activations ``(1, max(t, 1))``."""
+    t = ede_t(progress, t_min, t_max)
+    return EstimatorParams(np.float32(max(1.0 / t, 1.0)), t, np.float32(1.0), np.float32(max(t, 1.0)))
+
+
+def estimator_schedule(estimator: str, progress: float, t_min: float, t_max: float) -> EstimatorParams:
+    """The ``(k, t)`` schedule that goes with ``estimator``: EDE's for ``ede`` (and ``ste``, which ignores
+    it), IE-Net's for ``ie``. Computed on the host (NumPy float32 scalars), fed to the jitted step."""
+    get_estimator(estimator)
+    return ie_schedule(progress, t_min, t_max) if estimator == "ie" else ede_schedule(progress, t_min, t_max)
 
 
 def schedule_progress(step: int, steps_per_epoch: int, total_steps: int, per_epoch: bool) -> float:

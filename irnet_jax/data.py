@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from irnet_jax.encoding import encode
+
 Array = jax.Array
 
 
@@ -141,8 +143,12 @@ def random_crop_flip(images: Array, key: Array, padding: int = 4) -> Array:
     return jnp.where(flip, cropped[:, :, ::-1, :], cropped)
 
 
-def preprocess(images_u8: Array, info: DatasetInfo, key: Array | None, dtype=jnp.float32) -> Array:
-    """Augment (training, when the dataset asks for it and ``key`` is given) and normalize a batch."""
+def preprocess(images_u8: Array, info: DatasetInfo, key: Array | None, dtype=jnp.float32,
+               encoding: str = "none", levels: int = 1) -> Array:
+    """Augment (training, when the dataset asks for it and ``key`` is given), then normalize, or
+    encode into {-1, +1} planes (``encoding``, see ``irnet_jax.encoding``) for a binary first layer."""
     if key is not None and info.augment:
         images_u8 = random_crop_flip(images_u8, key)
+    if encoding != "none":
+        return encode(images_u8, encoding, levels, dtype)
     return normalize(images_u8, info, dtype)

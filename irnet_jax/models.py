@@ -22,44 +22,72 @@ import jax.numpy as jnp
 from flax import nnx
 
 from irnet_jax.binarization import EstimatorParams
-from irnet_jax.layers import BinaryConv, BinaryDense, batch_norm, hardtanh, max_pool
+from irnet_jax.layers import (BinaryConv, BinaryDense, ShiftBinaryConv, batch_norm, hardtanh, max_pool,
+                              norm_layer)
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
 class Quantization:
-    """How a model builds its conv/dense layers. ``conv``/``dense`` with ``binary=False`` are full precision."""
+    """How a model builds its conv/dense/norm layers (every field is a model option of ``create_model``).
+
+    ``binary=False`` makes every layer full precision; otherwise conv/dense layers are binary except
+    the first and last (unless ``binary_first_layer`` / ``binary_last_layer``), with activations
+    binarized unless ``binarize_activations=False`` (1w32a). The remaining fields select the
+    hardware-oriented variants: ``pad_value`` of binary-input convs, the ``norm`` before each sign,
+    ``shift_conv`` (2-base activations), and IE-Net's ``weight_scale="learned"`` and
+    ``activation_std_norm``.
+    """
 
     binary: bool = True
     binarize_activations: bool = True
     binary_first_layer: bool = False
     binary_last_layer: bool = False
     estimator: str = "ede"
-    weight_scale: bool = True
+    weight_scale: str = "power_of_two"
+    activation_std_norm: bool = False
+    pad_value: str = "zero"
+    norm: str = "batchnorm"
+    shift_conv: bool = False
+    shift_learn_second_scale: bool = False
+    shift_second_scale: float = 1.0
+    last_layer_output_scale: str = "learned"
     dtype: Any = jnp.float32
     materialize_inputs: bool = False  # see BinaryConv.quantized_input (a CPU training speed-up)
+
+    def _layer_options(self, on: bool) -> dict[str, Any]:
+        return dict(binarize_weights=on, binarize_activations=on and self.binarize_activations,
+                    estimator=self.estimator, weight_scale=self.weight_scale,
+                    activation_std_norm=self.activation_std_norm, dtype=self.dtype,
+                    materialize_input=self.materialize_inputs)
 
     def conv(self, c_in: int, c_out: int, kernel_size: int = 3, *, binary: bool = True, rngs: nnx.Rngs,
              **kw) -> BinaryConv:
         on = self.binary and binary
-        return BinaryConv(c_in, c_out, kernel_size, binarize_weights=on,
-                          binarize_activations=on and self.binarize_activations,
-                          estimator=self.estimator, weight_scale=self.weight_scale, dtype=self.dtype,
-                          materialize_input=self.materialize_inputs, rngs=rngs, **kw)
+        binary_input = on and self.binarize_activations
+        options = self._layer_options(on)
+        if binary_input:
+            options["pad_value"] = self.pad_value
+        if binary_input and self.shift_conv:
+            return ShiftBinaryConv(c_in, c_out, kernel_size, learn_second_branch_scale=self.shift_learn_second_scale,
+                                   second_branch_scale=self.shift_second_scale, rngs=rngs, **options, **kw)
+        return BinaryConv(c_in, c_out, kernel_size, rngs=rngs, **options, **kw)
 
-    def dense(self, c_in: int, c_out: int, *, binary: bool = True, rngs: nnx.Rngs) -> BinaryDense:
-        on = self.binary and binary
-        return BinaryDense(c_in, c_out, binarize_weights=on,
-                           binarize_activations=on and self.binarize_activations,
-                           estimator=self.estimator, weight_scale=self.weight_scale, dtype=self.dtype,
-                           materialize_input=self.materialize_inputs, rngs=rngs)
+    def dense(self, c_in: int, c_out: int, *, binary: bool = True, output_scale: str = "none",
+              rngs: nnx.Rngs) -> BinaryDense:
+        return BinaryDense(c_in, c_out, output_scale=output_scale, rngs=rngs, **self._layer_options(self.binary and binary))
 
     def first_conv(self, c_in: int, c_out: int, kernel_size: int = 3, *, rngs: nnx.Rngs, **kw) -> BinaryConv:
         return self.conv(c_in, c_out, kernel_size, binary=self.binary_first_layer, rngs=rngs, **kw)
 
     def last_dense(self, c_in: int, c_out: int, *, rngs: nnx.Rngs) -> BinaryDense:
-        return self.dense(c_in, c_out, binary=self.binary_last_layer, rngs=rngs)
+        binary = self.binary and self.binary_last_layer
+        return self.dense(c_in, c_out, binary=self.binary_last_layer,
+                          output_scale=self.last_layer_output_scale if binary else "none", rngs=rngs)
+
+    def norm_layer(self, num_features: int, rngs: nnx.Rngs) -> nnx.Module:
+        return norm_layer(self.norm, num_features, self.dtype, rngs)
 
 
 ModelBuilder = Callable[..., nnx.Module]
@@ -138,7 +166,7 @@ class VGGSmall(nnx.Module):
             [q.first_conv(ins[0], widths[0], rngs=rngs)]
             + [q.conv(i, o, rngs=rngs) for i, o in zip(ins[1:], widths[1:])]
         )
-        self.bns = nnx.List([batch_norm(o, q.dtype, rngs) for o in widths])
+        self.bns = nnx.List([q.norm_layer(o, rngs) for o in widths])
         self.pool_after = (False, True, False, True, False, True)
         flat = _pooled(h, 3) * _pooled(w, 3) * widths[-1]
         self.fc = q.last_dense(flat, num_classes, rngs=rngs)
@@ -171,7 +199,7 @@ class AlexNet(nnx.Module):
         for i, (c_out, k, s, pool) in enumerate(self.layers_spec):
             make = q.first_conv if i == 0 else q.conv
             convs.append(make(c_in, c_out, k, strides=s, padding=k // 2, rngs=rngs))
-            bns.append(batch_norm(c_out, q.dtype, rngs))
+            bns.append(q.norm_layer(c_out, rngs))
             h, w = (h + 2 * (k // 2) - k) // s + 1, (w + 2 * (k // 2) - k) // s + 1
             if pool:
                 h, w = _pooled(h, 1, True), _pooled(w, 1, True)
@@ -219,9 +247,9 @@ class BiRealBlock(nnx.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int, shortcut: str, q: Quantization, rngs: nnx.Rngs):
         self.conv1 = q.conv(c_in, c_out, strides=stride, rngs=rngs)
-        self.bn1 = batch_norm(c_out, q.dtype, rngs)
+        self.bn1 = q.norm_layer(c_out, rngs)
         self.conv2 = q.conv(c_out, c_out, rngs=rngs)
-        self.bn2 = batch_norm(c_out, q.dtype, rngs)
+        self.bn2 = q.norm_layer(c_out, rngs)
         self.shortcut = Shortcut(c_in, c_out, stride, shortcut, q, rngs)
 
     def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
@@ -251,7 +279,7 @@ class CifarResNet(nnx.Module):
             raise ValueError(f"unknown block {block!r}; valid: {sorted(BLOCKS)}")
         c = input_shape[2]
         self.stem = q.first_conv(c, widths[0], rngs=rngs)
-        self.stem_bn = batch_norm(widths[0], q.dtype, rngs)
+        self.stem_bn = q.norm_layer(widths[0], rngs)
         layers, c_in = [], widths[0]
         for stage, (c_out, n) in enumerate(zip(widths, blocks)):
             for i in range(n):
@@ -259,7 +287,7 @@ class CifarResNet(nnx.Module):
                 layers.append(BLOCKS[block](c_in, c_out, stride, shortcut, q, rngs))
                 c_in = c_out
         self.blocks = nnx.List(layers)
-        self.head_bn = batch_norm(c_in, q.dtype, rngs) if bn_before_fc else None
+        self.head_bn = q.norm_layer(c_in, rngs) if bn_before_fc else None
         self.fc = q.last_dense(c_in, num_classes, rngs=rngs)
 
     def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
@@ -301,7 +329,7 @@ class MNISTNet(nnx.Module):
             [q.first_conv(ins[0], widths[0], rngs=rngs)]
             + [q.conv(i, o, rngs=rngs) for i, o in zip(ins[1:], widths[1:])]
         )
-        self.bns = nnx.List([batch_norm(o, q.dtype, rngs) for o in widths])
+        self.bns = nnx.List([q.norm_layer(o, rngs) for o in widths])
         self.fc = q.last_dense(_pooled(h, 3) * _pooled(w, 3) * widths[-1], num_classes, rngs=rngs)
 
     def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:

@@ -2,8 +2,9 @@
 
 For each conv/dense layer: its parameters split into 1-bit (binarized latent kernels) and 32-bit
 (kernels of full-precision layers, biases), and its multiply-accumulates per image split into
-binary (1-bit weights *and* 1-bit inputs: XNOR-popcount) and float. Other parameters (BatchNorm
-scale and bias) are 32-bit. Model size in bits = binary params x 1 + float params x 32. The per-channel
+binary (1-bit weights *and* 1-bit inputs: XNOR-popcount) and float (a shift conv counts both of its
+branches). Other parameters (BatchNorm scale and bias, offsets, learned scales, shifts) are 32-bit.
+The input encoding (comparators on uint8 pixels) has no MACs. Model size in bits = binary params x 1 + float params x 32. The per-channel
 power-of-two scales of Libra-PB are derived from the kernel, not stored parameters (on hardware,
 a shift folded into the following threshold), and are not counted.
 """
@@ -76,7 +77,7 @@ def summarize(model: nnx.Module, input_shape: Sequence[int]) -> ModelSummary:
         bias_size = 0 if m.bias is None else int(m.bias[...].size)
         counted += kernel_size + bias_size
         if isinstance(m, BinaryConv):
-            macs = int(np.prod(call.output_shape[1:])) * m.kernel_size**2 * m.in_features
+            macs = int(np.prod(call.output_shape[1:])) * m.kernel_size**2 * m.in_features * m.branches
             kind = "conv"
         else:
             assert isinstance(m, BinaryDense)
@@ -104,7 +105,7 @@ def format_summary(s: ModelSummary, title: str = "") -> str:
     head = ("layer", "weights", "inputs", "output", "1-bit params", "float params", "1-bit MACs", "float MACs")
     rows = [(l.name, l.weights, l.inputs, "x".join(map(str, l.output_shape)), _fmt(l.binary_params),
              _fmt(l.float_params), _fmt(l.binary_macs), _fmt(l.float_macs)) for l in s.layers]
-    rows.append(("(batchnorm etc.)", "", "", "", "0", _fmt(s.other_float_params), "0", "0"))
+    rows.append(("(norms, scales, shifts)", "", "", "", "0", _fmt(s.other_float_params), "0", "0"))
     rows.append(("total", "", "", "", _fmt(s.binary_params), _fmt(s.float_params), _fmt(s.binary_macs),
                  _fmt(s.float_macs)))
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]

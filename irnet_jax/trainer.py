@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from irnet_jax import binarization as bz
 from irnet_jax import checkpointing as ckpt
 from irnet_jax import data as data_lib
+from irnet_jax import encoding
 from irnet_jax import models
 from irnet_jax.metric_writers import MetricWriter
 from irnet_jax.summary import format_summary, summarize
@@ -77,15 +78,25 @@ def compute_dtype(config: ml_collections.ConfigDict):
     return jnp.bfloat16 if config.half_precision else jnp.float32
 
 
+# Model options read from config fields of the same name (the rest of ``models.Quantization`` is derived).
+QUANTIZATION_FIELDS = tuple(f.name for f in dataclasses.fields(models.Quantization)
+                            if f.name not in ("dtype", "materialize_inputs"))
+
+
+def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """``(H, W, C)`` the model sees: the dataset's, with ``C`` multiplied by the input encoding's planes."""
+    h, w, c = data_lib.get_dataset_info(config.dataset).image_shape
+    return h, w, encoding.encoded_channels(c, config.input_encoding, config.encoding_levels)
+
+
 def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     """The configured model for the configured dataset (errors list valid model/dataset names)."""
     info = data_lib.get_dataset_info(config.dataset)
+    options = {name: config[name] for name in QUANTIZATION_FIELDS}
     return models.create_model(
-        config.model, input_shape=info.image_shape, num_classes=info.num_classes, rngs=rngs,
-        binary=config.binary, binarize_activations=config.binarize_activations,
-        binary_first_layer=config.binary_first_layer, binary_last_layer=config.binary_last_layer,
-        estimator=config.estimator, weight_scale=config.weight_scale, dtype=compute_dtype(config),
-        materialize_inputs=use_fusion_barriers(config), **config.model_kwargs.to_dict(),
+        config.model, input_shape=model_input_shape(config), num_classes=info.num_classes, rngs=rngs,
+        dtype=compute_dtype(config), materialize_inputs=use_fusion_barriers(config),
+        **options, **config.model_kwargs.to_dict(),
     )
 
 
@@ -139,10 +150,10 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
 
 
 def estimator_params(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int) -> bz.EstimatorParams:
-    """The EDE ``(k, t)`` at ``step`` (host-side float32 scalars, fed to the jitted step)."""
+    """The estimator's ``(k, t)`` at ``step`` (host-side float32 scalars, fed to the jitted step)."""
     total = int(config.num_epochs * steps_per_epoch)
     p = bz.schedule_progress(step, steps_per_epoch, total, config.ede_per_epoch)
-    return bz.EstimatorParams(*(np.float32(v) for v in bz.ede_schedule(p, config.t_min, config.t_max)))
+    return bz.estimator_schedule(config.estimator, p, config.t_min, config.t_max)
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -199,7 +210,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, co
              key: Array) -> tuple[TrainState, TrainMetrics]:
         x = jax.lax.with_sharding_constraint(images[batch_idx], batch_sharding)
         y = labels[batch_idx]
-        x = data_lib.preprocess(x, info, jax.random.fold_in(key, state.step), dtype)
+        x = data_lib.preprocess(x, info, jax.random.fold_in(key, state.step), dtype, config.input_encoding,
+                                config.encoding_levels)
 
         def loss_fn(params, batch_stats):
             model = nnx.merge(graphdef, params, batch_stats, copy=True)
@@ -239,7 +251,8 @@ def make_eval_step(graphdef_eval: nnx.GraphDef, config: ml_collections.ConfigDic
     batch_sharding = NamedSharding(mesh, P("data"))
 
     def eval_step(params, batch_stats, images, labels, idx, mask):
-        x = data_lib.preprocess(jax.lax.with_sharding_constraint(images[idx], batch_sharding), info, None, dtype)
+        x = jax.lax.with_sharding_constraint(images[idx], batch_sharding)
+        x = data_lib.preprocess(x, info, None, dtype, config.input_encoding, config.encoding_levels)
         y = labels[idx]
         logits = nnx.merge(graphdef_eval, params, batch_stats, copy=True)(x).astype(jnp.float32)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
@@ -366,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = MetricWriter(workdir)
     writer.log(f"devices: {mesh.size} x {jax.devices()[0].platform} ({jax.process_count()} process(es)); "
                f"train {n_train}, validation {len(splits['validation'].labels)}, test {len(splits['test'].labels)}")
-    writer.log(format_summary(summarize(build_model(config, nnx.Rngs(0)), info.image_shape),
+    writer.log(format_summary(summarize(build_model(config, nnx.Rngs(0)), model_input_shape(config)),
                               f"{config.model} on {config.dataset}"))
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         f.write(config.to_json(indent=2))

@@ -105,7 +105,7 @@ def test_libra_pb_constant_channel_is_finite():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_binary_conv_and_dense_see_only_pm1_inputs_and_pm_scale_weights(dtype):
     rngs = nnx.Rngs(0)
-    conv = BinaryConv(5, 7, 3, dtype=dtype, rngs=rngs)
+    conv = BinaryConv(5, 7, 3, dtype=dtype, pad_value="checkerboard", rngs=rngs)
     dense = BinaryDense(7 * 6 * 6, 4, dtype=dtype, rngs=rngs)
     x = jax.random.normal(jax.random.key(1), (2, 6, 6, 5))
     with record_layer_calls() as calls:
@@ -123,7 +123,22 @@ def test_binary_conv_and_dense_see_only_pm1_inputs_and_pm_scale_weights(dtype):
     assert y.dtype == dtype
 
 
+@pytest.mark.parametrize("pad_value,border", [("zero", {0.0}), ("one", {1.0}), ("minus_one", {-1.0}),
+                                              ("checkerboard", {-1.0, 1.0})])
+def test_padding_values_reach_the_convolution(pad_value, border):
+    conv = BinaryConv(2, 3, 3, pad_value=pad_value, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (1, 4, 4, 2))
+    with record_layer_calls() as calls:
+        y = conv(x)
+    seen = np.asarray(calls[0].matmul_input)
+    assert seen.shape == (1, 6, 6, 2) and y.shape == (1, 4, 4, 3)
+    ring = np.concatenate([seen[0, 0].ravel(), seen[0, -1].ravel(), seen[0, :, 0].ravel(), seen[0, :, -1].ravel()])
+    assert set(np.unique(ring)) == border
+    if pad_value == "checkerboard":  # +1 where row + col is even
+        assert seen[0, 0, 0, 0] == 1 and seen[0, 0, 1, 0] == -1 and seen[0, 1, 0, 0] == -1
+
+
 def test_binary_conv_bad_input_shape_names_expected_shape():
     conv = BinaryConv(3, 4, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"expects \[B, H, W, 3\].*\(2, 8, 8, 5\)"):
+    with pytest.raises(ValueError, match=r"BinaryConv expects \[B, H, W, 3\].*\(2, 8, 8, 5\)"):
         conv(jnp.zeros((2, 8, 8, 5)))
