@@ -39,11 +39,16 @@ Dtype = Any
 
 @dataclasses.dataclass
 class LayerCall:
-    """One recorded call of a conv/dense layer: the module, what its matmul saw, its output shape."""
+    """One recorded call of a conv/dense layer: the module, what its matmul saw (padded), its output
+    (before bias and output scale)."""
 
     module: nnx.Module
     matmul_input: Array
-    output_shape: tuple[int, ...]
+    output: Array
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return tuple(self.output.shape)
 
 
 _recorded_calls: list[LayerCall] | None = None
@@ -63,7 +68,7 @@ def record_layer_calls() -> Iterator[list[LayerCall]]:
 
 def _record(module: nnx.Module, matmul_input: Array, output: Array) -> None:
     if _recorded_calls is not None:
-        _recorded_calls.append(LayerCall(module, matmul_input, tuple(output.shape)))
+        _recorded_calls.append(LayerCall(module, matmul_input, output))
 
 
 def hardtanh(x: Array) -> Array:

@@ -1,0 +1,221 @@
+"""Export: folding equivalence (property test), the packed JAX/NumPy engines, golden files, the RTL check."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import default
+from irnet_jax import binarization as bz
+from irnet_jax import export, trainer
+from irnet_jax.layers import BinaryConv, BinaryDense, record_layer_calls
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def fully_binary_config(model, dataset, **kw):
+    c = default.get_config()
+    c.model, c.dataset = model, dataset
+    c.binary_first_layer = c.binary_last_layer = True
+    c.input_encoding, c.encoding_levels = "thermometer", 2
+    c.pad_value = "checkerboard"
+    c.fusion_barriers = "off"
+    for k, v in kw.items():
+        setattr(c, k, v)
+    return c
+
+
+def randomize(model, seed):
+    """Random BatchNorm statistics: negative scales, zero-variance and zero-scale channels, and
+    thresholds that land exactly on an integer sum (ties)."""
+    rng = np.random.default_rng(seed)
+    ede = bz.EstimatorParams.constant()
+    convs = [m for _, m in nnx.iter_modules(model) if isinstance(m, BinaryConv)]
+    norms = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+    for conv, bn in zip(convs, norms):
+        c = bn.mean[...].shape[0]
+        fan_in = conv.kernel_size ** 2 * conv.in_features
+        s = np.abs(np.asarray(conv.quantized_kernel(ede)).reshape(-1, c)[0])
+        d0 = rng.integers(-fan_in // 4, fan_in // 4 + 1, c)  # a tie at D = d0 where gamma = 1, beta = 0
+        mean = s * (d0 + rng.normal(0, 3, c) * (rng.random(c) < 0.5))
+        var = np.where(rng.random(c) < 0.1, 0.0, rng.uniform(0.5, 4.0, c) * s * s * fan_in)
+        gamma = rng.normal(0, 1, c)
+        gamma[rng.random(c) < 0.05] = 0.0
+        tie = rng.random(c) < 0.3
+        gamma[tie], var[tie] = 1.0, 1.0 - bn.epsilon
+        beta = np.where(tie, 0.0, rng.normal(0, 0.5, c))
+        bn.mean[...], bn.var[...] = jnp.asarray(mean, jnp.float32), jnp.asarray(var, jnp.float32)
+        bn.scale[...], bn.bias[...] = jnp.asarray(gamma, jnp.float32), jnp.asarray(beta, jnp.float32)
+    model.eval()
+    return model
+
+
+CASES = [
+    ("mnistnet", "mnist", {}),
+    ("vgg_small", "cifar10", {"model_kwargs": {"widths": (16, 16, 32, 32, 32, 32)}}),
+    ("alexnet", "cifar10", {}),
+    ("mnistnet", "mnist", {"pad_value": "one", "input_encoding": "bitplanes", "encoding_levels": 3}),
+    ("mnistnet", "mnist", {"pad_value": "minus_one", "norm": "offset"}),
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_folding_equals_the_float_model(case, seed):
+    name, dataset, kw = CASES[case]
+    import ml_collections
+    extra = {k: v for k, v in kw.items() if k != "model_kwargs"}
+    config = fully_binary_config(name, dataset, **extra)
+    if "model_kwargs" in kw:
+        config.model_kwargs = ml_collections.ConfigDict(kw["model_kwargs"])
+    model = trainer.build_model(config, nnx.Rngs(seed))
+    if config.norm == "offset":
+        for _, m in nnx.iter_modules(model):
+            if hasattr(m, "bias") and type(m).__name__ == "Offset":
+                m.bias[...] = jnp.asarray(np.random.default_rng(seed).normal(0, 20, m.bias[...].shape), jnp.float32)
+        model.eval()
+    else:
+        randomize(model, seed)
+    folded = export.fold(model, config)
+    h, w, c = (28, 28, 1) if dataset == "mnist" else (32, 32, 3)
+    images = np.random.default_rng(100 + seed).integers(0, 256, (6, h, w, c), np.uint8)
+    logits, trace = export.run_numpy(folded, images, trace=True)
+    # 1. Per-layer integer sums equal the float model's (y = s * D exactly).
+    x = export.first_layer_input(images, folded).astype(np.float32) * 2 - 1
+    with record_layer_calls() as calls:
+        model_logits = model(jnp.asarray(x))
+    assert len(calls) == len(folded.stages)
+    ede = bz.EstimatorParams.constant()
+    for call, rec in zip(calls, trace):
+        s = np.abs(np.asarray(call.module.quantized_kernel(ede)).reshape(-1, call.module.out_features)[0])
+        np.testing.assert_array_equal(np.asarray(call.output) / s, rec["sums"])
+        assert set(np.unique(np.asarray(call.matmul_input))) <= {-1.0, 1.0}
+    # 2. Predictions and logits equal the model's.
+    np.testing.assert_array_equal(np.argmax(logits, -1), np.argmax(np.asarray(model_logits), -1))
+    np.testing.assert_allclose(logits, np.asarray(model_logits), rtol=1e-5, atol=1e-5)
+    # 3. The packed JAX engine (lax.population_count on uint32 words) equals the NumPy reference.
+    engine = export.make_jax_engine(folded)
+    np.testing.assert_array_equal(np.asarray(engine(jnp.asarray(export.first_layer_input(images, folded)))), logits)
+
+
+def test_fold_threshold_exhaustive():
+    rng = np.random.default_rng(0)
+    k = 50
+    d = np.arange(-k, k + 1)[:, None]
+    for _ in range(200):
+        m = rng.normal(size=8) * (rng.random(8) < 0.9)
+        b = np.where(rng.random(8) < 0.3, -m * rng.integers(-k, k + 1, 8), rng.normal(size=8) * 10)
+        t, flip = export.fold_threshold(m, b, k)
+        np.testing.assert_array_equal(np.where(flip, d <= t, d >= t), m * d + b >= 0)
+
+
+def test_resnet_export_is_refused_with_reason():
+    config = fully_binary_config("resnet20", "cifar10")
+    with pytest.raises(export.ExportError, match=r"export supports \['vgg_small', 'alexnet', 'mnistnet'\]"):
+        export.fold(trainer.build_model(config, nnx.Rngs(0)), config)
+
+
+def test_zero_padding_binary_conv_is_refused():
+    config = fully_binary_config("mnistnet", "mnist", pad_value="zero")
+    with pytest.raises(export.ExportError, match="zero padding"):
+        export.fold(trainer.build_model(config, nnx.Rngs(0)), config)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    config = fully_binary_config("mnistnet", "mnist")
+    model = randomize(trainer.build_model(config, nnx.Rngs(7)), 7)
+    folded = export.fold(model, config)
+    images = np.random.default_rng(5).integers(0, 256, (2, 28, 28, 1), np.uint8)
+    out = tmp_path_factory.mktemp("export")
+    manifest = export.write_export(folded, str(out), images, np.array([3, 4]), {"test": True})
+    return folded, out, manifest, images
+
+
+def read_lines(path):
+    return pathlib.Path(path).read_text().splitlines()
+
+
+def test_golden_files_have_exact_digits_and_round_trip(exported):
+    folded, out, manifest, images = exported
+    _, trace = export.run_numpy(folded, images, trace=True)
+    assert json.loads((out / "manifest.json").read_text())["layers"] == manifest["layers"]
+    for entry, st in zip(manifest["layers"], folded.stages):
+        lines = read_lines(out / entry["weights_memb"])
+        assert len(lines) == entry["out_channels"] and all(len(l) == entry["fan_in"] for l in lines)
+        np.testing.assert_array_equal(np.array([[int(ch) for ch in l] for l in lines]), st.weight_bits)
+        hexes = read_lines(out / entry["weights_memh"])
+        assert [int(hx, 16) for hx in hexes] == [int(l, 2) for l in lines]
+        if st.kind == "binary_conv":
+            thr = [int(l.split()[0]) for l in read_lines(out / entry["thresholds"])]
+            assert thr == st.threshold.tolist() and len(read_lines(out / entry["thresholds_memb"])) == len(thr)
+    for n in range(2):
+        g = out / "golden" / f"img{n}"
+        for i, (st, rec) in enumerate(zip(folded.stages, trace)):
+            sums = np.array([[int(v) for v in l.split()] for l in read_lines(g / f"L{i}_sum.txt")])
+            np.testing.assert_array_equal(sums, rec["sums"][n].reshape(sums.shape))
+            inp = np.array([[int(ch) for ch in l] for l in read_lines(g / f"L{i}_in.memb")])
+            np.testing.assert_array_equal(inp.ravel(), rec["input"][n].ravel())
+            text = read_lines(g / f"L{i}_in.txt")
+            assert all(set(l) <= {"0", "1", " "} for l in text) and len(text) == len(inp)
+            if st.kind == "binary_conv":
+                outb = np.array([[int(ch) for ch in l] for l in read_lines(g / f"L{i}_out.memb")])
+                np.testing.assert_array_equal(outb.ravel(), rec["output"][n].ravel())
+
+
+def run_iverilog(out, layer, image=0, corrupt=False, tmp=None):
+    entry = json.loads((out / "manifest.json").read_text())["layers"][layer]
+    g = out / "golden" / f"img{image}"
+    expected = g / f"L{layer}_prepool.memb"
+    if corrupt:
+        lines = read_lines(expected)
+        lines[0] = ("1" if lines[0][0] == "0" else "0") + lines[0][1:]
+        expected = tmp / "corrupt.memb"
+        expected.write_text("\n".join(lines) + "\n")
+    npos = len(read_lines(g / f"L{layer}_patches.memb"))
+    binary = (tmp or out) / "tb.vvp"
+    defs = {"WEIGHTS": out / entry["weights_memb"], "THRESH": out / entry["thresholds_memb"],
+            "FLIPS": out / entry["flips_memb"], "PATCHES": g / f"L{layer}_patches.memb", "EXPECTED": expected}
+    cmd = ["iverilog", "-g2012", "-o", str(binary), f"-Pxnor_layer_tb.K={entry['fan_in']}",
+           f"-Pxnor_layer_tb.COUT={entry['out_channels']}", f"-Pxnor_layer_tb.NPOS={npos}"]
+    cmd += [f'-D{k}="{v}"' for k, v in defs.items()] + [str(REPO / "hw" / "xnor_layer_tb.v")]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return subprocess.run(["vvp", "-n", str(binary)], capture_output=True, text=True, timeout=300).stdout
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog not installed (apt-get install iverilog)")
+def test_rtl_testbench_passes_and_catches_corruption(exported, tmp_path):
+    _, out, _, _ = exported
+    ok = run_iverilog(out, layer=1, tmp=tmp_path)
+    assert "PASS" in ok and "FAIL" not in ok, ok
+    bad = run_iverilog(out, layer=1, corrupt=True, tmp=tmp_path)
+    assert "FAIL 1" in bad, bad
+
+
+def test_export_command_on_a_trained_fully_binary_mnist_net(tfds_dir, tmp_path):
+    """Train the fully binary MNIST net briefly on real data, export it with the command, and check
+    that the packed engine's predictions equal the model's on the whole MNIST test set."""
+    from configs import fully_binary_mnistnet_mnist
+
+    config = fully_binary_mnistnet_mnist.get_config()
+    config.data_dir, config.train_size, config.num_epochs = tfds_dir, 4096, 1
+    config.eval_batch_size, config.log_every_steps = 1000, 20
+    workdir, out = tmp_path / "run", tmp_path / "export"
+    trainer.train_and_evaluate(config, str(workdir))
+    export.main(["--checkpoint", str(workdir), "--out", str(out), "--num_images", "2", "--verify", "10000",
+                 "--data_dir", tfds_dir])
+    manifest = json.loads((out / "manifest.json").read_text())
+    v = manifest["verification"]
+    assert v["images"] == 10000 and v["engine_equals_model"] == 1.0, v
+    assert v["engine_test_accuracy"] == v["model_test_accuracy"] > 0.5  # 40 steps reach ~0.70
+    sizes = manifest["size_bytes"]
+    assert sizes["packed_binary_weights"] * 20 < sizes["float_checkpoint_step_dir"]
+    assert [l["kind"] for l in manifest["layers"]] == ["binary_conv"] * 3 + ["binary_dense"]
+    assert len(list((out / "golden" / "img1").glob("L*_out.memb"))) == 3
