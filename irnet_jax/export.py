@@ -533,6 +533,34 @@ def engine_predictions(folded: FoldedModel, images_u8: np.ndarray, batch: int = 
     return np.concatenate(out)
 
 
+def benchmark_engine(folded: FoldedModel, model: nnx.Module, config: ml_collections.ConfigDict,
+                     images_u8: np.ndarray, repeats: int = 5) -> dict[str, float]:
+    """Median images/s of the packed JAX engine and of the float model's jitted eval forward, one batch."""
+    import statistics
+    import time
+
+    info = data_lib.get_dataset_info(config.dataset)
+    graphdef, state = nnx.split(model)
+    float_fwd = jax.jit(lambda st, x: nnx.merge(graphdef, st, copy=True)(
+        data_lib.preprocess(x, info, None, jnp.float32, config.input_encoding, config.encoding_levels)))
+    engine = make_jax_engine(folded)
+    x_u8 = jnp.asarray(images_u8)
+    x_in = jnp.asarray(first_layer_input(images_u8, folded))
+
+    def rate(fn) -> float:
+        jax.block_until_ready(fn())
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            jax.block_until_ready(fn())
+            times.append(time.perf_counter() - t)
+        return len(images_u8) / statistics.median(times)
+
+    e, f = rate(lambda: engine(x_in)), rate(lambda: float_fwd(state, x_u8))
+    return {"batch": len(images_u8), "engine_images_per_second": e, "float_images_per_second": f,
+            "engine_ms_per_image": 1e3 / e, "backend": jax.default_backend()}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="workdir of a training run")
@@ -541,6 +569,8 @@ def main(argv=None) -> None:
     parser.add_argument("--num_images", type=int, default=4, help="test images with golden vectors")
     parser.add_argument("--verify", type=int, default=1000, help="test images on which engine == model is checked")
     parser.add_argument("--data_dir", default="", help="TFDS data dir (default: the run's, else $TFDS_DATA_DIR)")
+    parser.add_argument("--bench_batch", type=int, default=0,
+                        help="if > 0: also time the packed engine against the float model's forward at this batch")
     args = parser.parse_args(argv)
     model, config, step = load_trained(args.checkpoint, args.which)
     folded = fold(model, config)
@@ -553,6 +583,8 @@ def main(argv=None) -> None:
     manifest["verification"] = {"images": n, "engine_equals_model": float(np.mean(engine == reference)),
                                 "engine_test_accuracy": float(np.mean(engine == test.labels[:n])),
                                 "model_test_accuracy": float(np.mean(reference == test.labels[:n]))}
+    if args.bench_batch > 0:
+        manifest["throughput"] = benchmark_engine(folded, model, config, test.images[: args.bench_batch])
     checkpoint_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
                            os.walk(os.path.join(ckpt.checkpoint_dir(args.checkpoint), str(step))) for f in fs)
     manifest["size_bytes"]["float_checkpoint_step_dir"] = checkpoint_bytes
