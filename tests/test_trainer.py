@@ -177,7 +177,7 @@ def test_unknown_config_field_is_rejected(tmp_path):
     ("model", "vgg7", r"unknown model 'vgg7'; valid: \['alexnet', 'mnistnet', 'resnet18', 'resnet20', 'vgg_small'\]"),
     ("dataset", "imagenet", r"unknown dataset 'imagenet'; valid: \['cifar10', 'mnist'\]"),
     ("optimizer", "lamb", r"unknown optimizer 'lamb'; valid: \['sgd', 'adam', 'adamw'\]"),
-    ("estimator", "approx", r"unknown estimator 'approx'; valid: \['ede', 'ste'\]"),
+    ("estimator", "approx", r"unknown estimator 'approx'; valid: \['ede', 'ie', 'ste'\]"),
 ])
 def test_unknown_names_list_valid_ones(tfds_dir, tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
