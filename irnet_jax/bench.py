@@ -13,7 +13,6 @@ comparable only within one run on one machine.
 import datetime
 import json
 import resource
-import statistics
 import time
 from typing import Any
 
@@ -21,11 +20,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
-from flax import nnx
 from ml_collections import config_flags
 
 from irnet_jax import data as data_lib
 from irnet_jax import trainer
+from irnet_jax.timing import median_seconds
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Base training config (model options, optimizer, dataset).")
@@ -40,17 +39,6 @@ flags.DEFINE_string("output", "", "Append the JSON lines to this file too.")
 flags.mark_flags_as_required(["config"])
 
 COMPARABILITY_NOTE = "Rows are comparable only within one run on one machine."
-
-
-def _median_seconds(fn, steps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _peak_device_mb() -> float | None:
@@ -93,9 +81,9 @@ def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch
         holder["state"], m = train_compiled(holder["state"], images, labels, orders[holder["i"] % 4], ede, key)
         return m
 
-    train_s = _median_seconds(one_train_step, steps, warmup)
+    train_s = median_seconds(one_train_step, steps, warmup)
     st = holder["state"]
-    eval_s = _median_seconds(lambda: eval_compiled(st.params, st.batch_stats, images, labels, eval_idx, eval_mask),
+    eval_s = median_seconds(lambda: eval_compiled(st.params, st.batch_stats, images, labels, eval_idx, eval_mask),
                              steps, warmup)
     cost = train_compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else (cost or {})

@@ -45,9 +45,10 @@ from flax import nnx
 
 from irnet_jax import binarization as bz
 from irnet_jax import data as data_lib
-from irnet_jax import encoding, models, trainer
+from irnet_jax import encoding, trainer
 from irnet_jax import checkpointing as ckpt
-from irnet_jax.layers import BinaryConv, BinaryDense, Offset, ShiftBinaryConv
+from irnet_jax.layers import Offset, ShiftBinaryConv
+from irnet_jax.timing import median_seconds
 
 EXPORTABLE = ("vgg_small", "alexnet", "mnistnet")
 
@@ -381,6 +382,7 @@ def make_jax_engine(folded: FoldedModel):
 def load_trained(checkpoint_dir: str, which: str = "best") -> tuple[nnx.Module, ml_collections.ConfigDict, int]:
     """The model of a trained run's workdir (its ``config.json`` and ``best``/``latest`` checkpoint),
     rebuilt in float32 and eval mode; returns ``(model, config, step)``."""
+    trainer.quiet_orbax_logs()
     path = os.path.join(checkpoint_dir, "config.json")
     if not os.path.isfile(path):
         raise ckpt.CheckpointError(f"{checkpoint_dir!r} has no config.json: pass the workdir of a training run")
@@ -536,9 +538,6 @@ def engine_predictions(folded: FoldedModel, images_u8: np.ndarray, batch: int = 
 def benchmark_engine(folded: FoldedModel, model: nnx.Module, config: ml_collections.ConfigDict,
                      images_u8: np.ndarray, repeats: int = 5) -> dict[str, float]:
     """Median images/s of the packed JAX engine and of the float model's jitted eval forward, one batch."""
-    import statistics
-    import time
-
     info = data_lib.get_dataset_info(config.dataset)
     graphdef, state = nnx.split(model)
     float_fwd = jax.jit(lambda st, x: nnx.merge(graphdef, st, copy=True)(
@@ -548,13 +547,7 @@ def benchmark_engine(folded: FoldedModel, model: nnx.Module, config: ml_collecti
     x_in = jnp.asarray(first_layer_input(images_u8, folded))
 
     def rate(fn) -> float:
-        jax.block_until_ready(fn())
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            jax.block_until_ready(fn())
-            times.append(time.perf_counter() - t)
-        return len(images_u8) / statistics.median(times)
+        return len(images_u8) / median_seconds(fn, repeats)
 
     e, f = rate(lambda: engine(x_in)), rate(lambda: float_fwd(state, x_u8))
     return {"batch": len(images_u8), "engine_images_per_second": e, "float_images_per_second": f,

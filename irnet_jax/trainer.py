@@ -43,13 +43,16 @@ Array = jax.Array
 
 
 class _QuietOrbax(logging.Filter):
-    """Drops orbax's INFO chatter (several lines per save) from the ``absl`` logger."""
+    """Drops orbax's INFO chatter (several lines per save) and its warnings that a manager opened
+    read-only (to restore) is read-only, from the ``absl`` logger."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+        if "orbax" not in record.pathname:
+            return True
+        return record.levelno >= logging.WARNING and "read only" not in record.getMessage().replace("_", " ")
 
 
-def _quiet_orbax() -> None:
+def quiet_orbax_logs() -> None:
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(f, _QuietOrbax) for f in absl_logger.filters):
         absl_logger.addFilter(_QuietOrbax())
@@ -340,10 +343,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ``summary.json`` (accuracies as fractions in [0, 1]).
     """
     t_start = time.time()
-    _quiet_orbax()
+    quiet_orbax_logs()
     mesh = make_mesh()
     _validate(config, mesh.size)
-    info = data_lib.get_dataset_info(config.dataset)
 
     if config.eval_only:
         return _evaluate_only(config, workdir, mesh)
@@ -499,7 +501,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _evaluate_only(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str, Any]:
     """Load the ``eval_checkpoint`` of ``resume_dir`` (or ``workdir``), report validation and test
     loss/accuracy. Writes nothing."""
-    _quiet_orbax()
+    quiet_orbax_logs()
     source = os.path.abspath(config.resume_dir or workdir)
     ckpt.find_step(source, config.eval_checkpoint)
     splits = load_splits(config)

@@ -1,12 +1,10 @@
 """Export: folding equivalence (property test), the packed JAX/NumPy engines, golden files, the RTL check."""
 
 import json
-import os
 import pathlib
 import shutil
 import subprocess
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from flax import nnx
 from configs import default
 from irnet_jax import binarization as bz
 from irnet_jax import export, trainer
-from irnet_jax.layers import BinaryConv, BinaryDense, record_layer_calls
+from irnet_jax.layers import BinaryConv, record_layer_calls
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
