@@ -323,9 +323,10 @@ class ShiftBinaryConv(BinaryConv):
 class BinaryDense(_BinaryLayer):
     """Fully-connected layer with optional binarization. ``x: [B, C_in] -> [B, C_out]``.
 
-    ``output_scale`` multiplies the output so that the logits of a binary last layer (integers in
-    [-C_in, C_in]) stay usable: ``"fixed"`` by ``1/sqrt(C_in)``, ``"learned"`` by a learnable scalar
-    initialised to it, ``"none"`` not at all.
+    ``output_scale`` keeps the logits of a binary last layer (integers in [-C_in, C_in]) usable:
+    ``"fixed"`` multiplies by ``1/sqrt(C_in)``, ``"learned"`` by ``alpha/sqrt(C_in)`` with a learnable
+    ``alpha`` initialised to 1 (parametrized so that its gradient is O(1) and plain SGD stays stable),
+    ``"none"`` leaves them raw.
     """
 
     kernel_reduce_axes = (0,)
@@ -356,8 +357,8 @@ class BinaryDense(_BinaryLayer):
                            kernel=kernel_init(rngs.params(), (in_features, out_features), jnp.float32))
         self.in_features, self.out_features = in_features, out_features
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
-        init = float(1.0 / np.sqrt(in_features))
-        self.output_scale = {"learned": nnx.Param(jnp.asarray(init, jnp.float32)), "fixed": init,
+        self.output_normalizer = float(1.0 / np.sqrt(in_features))
+        self.output_scale = {"learned": nnx.Param(jnp.ones((), jnp.float32)), "fixed": 1.0,
                              "none": None}[output_scale]
 
     def __call__(self, x: Array, ede: bz.EstimatorParams | None = None) -> Array:
@@ -368,7 +369,7 @@ class BinaryDense(_BinaryLayer):
         y = xq @ self.quantized_kernel(ede).astype(self.dtype)
         _record(self, xq, y)
         if self.output_scale is not None:
-            y = y * jnp.asarray(_value(self.output_scale), self.dtype)
+            y = y * (jnp.asarray(_value(self.output_scale), self.dtype) * self.output_normalizer)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

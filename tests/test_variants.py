@@ -137,7 +137,9 @@ def test_binary_classifier_output_scale():
     raw = bz.sign(x) @ dense.quantized_kernel(ede)
     np.testing.assert_allclose(dense(x), raw / 8.0 + dense.bias[...], rtol=1e-6)
     learned = BinaryDense(64, 10, output_scale="learned", rngs=nnx.Rngs(0))
-    assert float(learned.output_scale[...]) == pytest.approx(1 / 8)
+    np.testing.assert_allclose(learned(x), raw / 8.0 + learned.bias[...], rtol=1e-6)  # alpha starts at 1
+    grad = nnx.grad(lambda m: jnp.sum(m(x)))(learned)["output_scale"][...]
+    np.testing.assert_allclose(grad, np.sum(np.asarray(raw)) / 8.0, rtol=1e-5)  # O(logits), not O(K)
 
 
 def test_learned_weight_scale_starts_at_mean_abs_weight():
