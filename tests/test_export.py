@@ -203,7 +203,7 @@ def test_export_command_on_a_trained_fully_binary_mnist_net(tfds_dir, tmp_path):
     from configs import fully_binary_mnistnet_mnist
 
     config = fully_binary_mnistnet_mnist.get_config()
-    config.data_dir, config.train_size, config.num_epochs = tfds_dir, 4096, 1
+    config.data_dir, config.train_size, config.num_epochs, config.warmup_epochs = tfds_dir, 4096, 1, 0.0
     config.eval_batch_size, config.log_every_steps = 1000, 20
     workdir, out = tmp_path / "run", tmp_path / "export"
     trainer.train_and_evaluate(config, str(workdir))
