@@ -76,7 +76,7 @@ class Stage:
     pad_bit: str = "zero"  # "one", "minus_one", "checkerboard" (binary convs), "zero" (float first conv)
     weight_bits: np.ndarray | None = None
     weights: np.ndarray | None = None
-    threshold: np.ndarray | None = None  # int64 [C_out] (binary) or float affine (float conv: A, B)
+    threshold: np.ndarray | None = None  # int64 [C_out], binary convs
     flip: np.ndarray | None = None
     affine: tuple[np.ndarray, np.ndarray] | None = None  # float first conv: z = A * y + B
     pool: str = "none"
