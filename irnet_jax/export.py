@@ -398,18 +398,17 @@ def load_trained(checkpoint_dir: str, which: str = "best") -> tuple[nnx.Module, 
     path = os.path.join(checkpoint_dir, "config.json")
     if not os.path.isfile(path):
         raise ckpt.CheckpointError(f"{checkpoint_dir!r} has no config.json: pass the workdir of a training run")
-    config = ml_collections.ConfigDict(json.load(open(path, encoding="utf-8")))
-    config.half_precision = False  # the export is defined on the float32 model
+    trained = ml_collections.ConfigDict(json.load(open(path, encoding="utf-8")))
+    config = trained.copy_and_resolve_references()
+    config.half_precision = False  # the export is defined on the float32 model (same parameters)
     config.fusion_barriers = "off"
     mesh = trainer.make_mesh(jax.devices()[:1])
     tx = trainer.make_optimizer(config, trainer.learning_rate_schedule(config, 1))
     graphdef, abstract = trainer.init_train_state(config, tx, mesh)
-    step = ckpt.find_step(checkpoint_dir, which)
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), abstract)
-    state = ckpt.restore_state(checkpoint_dir, step, target)
+    state, _ = trainer.restore_train_state(trained, checkpoint_dir, which, abstract, mesh)
     model = nnx.merge(graphdef, state.params, state.batch_stats)
     model.eval()
-    return model, config, step
+    return model, config, int(state.step)
 
 
 def bits_line(bits: np.ndarray) -> str:

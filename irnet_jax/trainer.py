@@ -312,7 +312,10 @@ def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
         raise ValueError(f"eval_checkpoint must be 'best' or 'latest', got {config.eval_checkpoint!r}")
 
 
-def _restore(config, source_dir: str, which: str, abstract: TrainState, mesh: Mesh) -> tuple[TrainState, dict]:
+def restore_train_state(config: ml_collections.ConfigDict, source_dir: str, which: str, abstract: TrainState,
+                        mesh: Mesh) -> tuple[TrainState, dict]:
+    """The ``which`` ("latest"/"best") checkpoint of ``source_dir`` replicated over ``mesh``, and its
+    metadata; ``CheckpointError`` when missing, unreadable or trained with another config."""
     step = ckpt.find_step(source_dir, which)
     meta = ckpt.read_meta(source_dir, step)
     ckpt.check_compatible(meta.get("config", {}), config, source_dir)
@@ -374,7 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     graphdef, state = init_train_state(config, tx, mesh)
     meta_best = 0.0
     if resume_dir:
-        state, meta = _restore(config, resume_dir, "latest", state, mesh)
+        state, meta = restore_train_state(config, resume_dir, "latest", state, mesh)
         meta_best = float(meta.get("best_val_accuracy", 0.0))
     graphdef_eval = eval_graphdef(graphdef, state)
 
@@ -508,7 +511,7 @@ def _evaluate_only(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) 
     steps_per_epoch = len(splits["train"].labels) // config.batch_size
     tx = make_optimizer(config, learning_rate_schedule(config, max(steps_per_epoch, 1)))
     graphdef, abstract = init_train_state(config, tx)
-    state, meta = _restore(config, source, config.eval_checkpoint, abstract, mesh)
+    state, meta = restore_train_state(config, source, config.eval_checkpoint, abstract, mesh)
     eval_step = make_eval_step(eval_graphdef(graphdef, state), config, mesh)
     val = evaluate(eval_step, state, _device_split(splits["validation"], mesh), config.eval_batch_size, mesh)
     test = evaluate(eval_step, state, _device_split(splits["test"], mesh), config.eval_batch_size, mesh)
