@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # GPU check for irnet_jax: install, run the tests that matter on a GPU, benchmark VGG-Small and
-# ResNet-20 (1w1a and full precision, bfloat16) at batch 128/256/512. Results go to OUT_DIR:
+# ResNet-20 (1w1a at batch 128/256/512, full precision at 512; bfloat16). Results go to OUT_DIR:
 # devices.txt, tests.txt, bench.jsonl (one JSON row per configuration), bench.txt (tables).
 #
 #   bash bench/gpu_check.sh [OUT_DIR]          # from the repository root, on a fresh GPU machine
 #
 # Install: a machine whose python3 already has CUDA JAX keeps it (pip does not replace a JAX that
 # satisfies jax>=0.6); otherwise `jax[cuda12]` is installed. On an offline machine, put wheels of
-# the missing packages (tensorflow-datasets, ml-collections, clu, tensorboardX, array-record and
-# their needs) in .whl/ first: they are installed from there with --no-index.
-# No dataset is needed: the benchmark streams synthetic uint8 images of CIFAR-10's shape.
+# the missing packages in .whl/ first (for the benchmark and these tests: ml-collections, clu,
+# tensorboardX; flax, optax and orbax-checkpoint to match the tested versions): they are installed
+# from there with --no-index and take precedence over the machine's own.
+# Environment: STAGE_SECONDS (cap per stage; FP_STAGE_SECONDS, TEST_STAGE_SECONDS for those stages), BATCHES, STEPS; ALLOW_CPU=1 runs it without a GPU (to
+# check the script itself). No dataset is needed: the benchmark streams synthetic uint8 images of CIFAR-10's shape.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-gpu_check_out}}
@@ -27,24 +29,26 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 python3 - <<'PY' 2>&1 | tee "$OUT/devices.txt"
-import jax, flax, optax
-print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__)
+import jax, flax, optax, orbax.checkpoint as ocp
+print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "orbax", ocp.__version__)
 print("backend", jax.default_backend(), jax.devices())
-assert jax.default_backend() == "gpu", "no GPU visible to JAX"
+import os
+assert jax.default_backend() == "gpu" or os.environ.get("ALLOW_CPU"), "no GPU visible to JAX"
 PY
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$OUT/devices.txt" || true
 
-# Numerics and every topology forward/backward in f32 and bf16, on the GPU; the benchmark harness.
-python3 -m pytest -q -p no:cacheprovider tests/test_binarization.py tests/test_models.py tests/test_bench.py \
-  2>&1 | tee "$OUT/tests.txt" || echo "TESTS FAILED" | tee -a "$OUT/tests.txt"
-
-for model in vgg_small resnet20; do
-  for bs in 128 256 512; do
-    python3 -m irnet_jax.bench --config "configs/${model}_cifar10.py" --binary=true,false --dtypes=bfloat16 \
-      --batch_size="$bs" --eval_batch_size="$bs" --steps=50 --warmup=5 --output="$OUT/bench.jsonl" \
-      2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt"
-  done
-done
-python3 - "$OUT/bench.jsonl" <<'PY' | tee -a "$OUT/bench.txt"
+# Each stage has a wall-clock cap (STAGE_SECONDS, default 240) so that a slow compile cannot eat a
+# short device lease; the most important rows (1w1a, bf16, every batch) run first.
+STAGE=${STAGE_SECONDS:-240}
+bench() {  # bench CONFIG BINARY BATCHES [SECONDS]
+  timeout "${4:-$STAGE}" python3 -m irnet_jax.bench --config "$1" --binary="$2" --dtypes=bfloat16 \
+    --batch_size="$3" --eval_batch_size="$3" --steps="${STEPS:-30}" --warmup=5 --output="$OUT/bench.jsonl" \
+    2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt" || echo "BENCH $1 binary=$2 STOPPED" | tee -a "$OUT/bench.txt"
+}
+BATCHES=${BATCHES:-128,256,512}
+bench configs/vgg_small_cifar10.py true "$BATCHES"
+bench configs/resnet20_cifar10.py true "$BATCHES"
+python3 - "$OUT/bench.jsonl" <<'PY' 2>&1 | tee -a "$OUT/bench.txt" || true
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 goals = {"vgg_small": 25000, "resnet20": 40000}
@@ -54,3 +58,11 @@ for r in rows:
         print(f"{r['model']:<10} batch {r['batch_size']:>4}: {r['train_images_per_second']:>9.0f} train img/s "
               f"(goal {goals[r['model']]}), 200 epochs ~ {200 * epoch_s / 60:.1f} min")
 PY
+
+# The cost of binarization on the GPU: full-precision rows, same harness.
+bench configs/vgg_small_cifar10.py false "${BATCHES##*,}" "${FP_STAGE_SECONDS:-$STAGE}"
+bench configs/resnet20_cifar10.py false "${BATCHES##*,}" "${FP_STAGE_SECONDS:-$STAGE}"
+
+# Numerics and every topology forward/backward in f32 and bf16 on the GPU; the benchmark harness.
+timeout "${TEST_STAGE_SECONDS:-$STAGE}" python3 -m pytest -q -p no:cacheprovider tests/test_binarization.py tests/test_models.py \
+  tests/test_bench.py 2>&1 | tee "$OUT/tests.txt" || echo "TESTS FAILED OR STOPPED" | tee -a "$OUT/tests.txt"

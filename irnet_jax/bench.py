@@ -1,7 +1,7 @@
 """Training/evaluation throughput benchmark.
 
     python -m irnet_jax.bench --config configs/vgg_small_cifar10.py \
-        --models=vgg_small,resnet20 --binary=true,false --dtypes=float32,bfloat16 --batch_size=128
+        --models=vgg_small,resnet20 --binary=true,false --dtypes=float32,bfloat16 --batch_size=128,256
 
 For each (model, binary, dtype) row: the configured model and the trainer's own jitted train and
 eval steps, fed from a device-resident synthetic uint8 dataset of the real image shape (on-device
@@ -31,8 +31,8 @@ config_flags.DEFINE_config_file("config", None, "Base training config (model opt
 flags.DEFINE_list("models", [], "Models to run (default: the config's model).")
 flags.DEFINE_list("binary", ["true", "false"], "Binarization on (the config's setting) and/or off (full precision).")
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes.")
-flags.DEFINE_integer("batch_size", 128, "Global training batch.")
-flags.DEFINE_integer("eval_batch_size", 256, "Global evaluation batch.")
+flags.DEFINE_list("batch_size", ["128"], "Global training batch(es); one row per value.")
+flags.DEFINE_list("eval_batch_size", ["256"], "Global evaluation batch: one value for every row, or one per --batch_size.")
 flags.DEFINE_integer("steps", 20, "Timed steps per row (median reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_string("output", "", "Append the JSON lines to this file too.")
@@ -79,7 +79,7 @@ def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch
     def one_train_step():
         holder["i"] += 1
         holder["state"], m = train_compiled(holder["state"], images, labels, orders[holder["i"] % 4], ede, key)
-        return m
+        return holder["state"], m
 
     train_s = median_seconds(one_train_step, steps, warmup)
     st = holder["state"]
@@ -113,9 +113,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def batch_pairs(batch_sizes: list[int], eval_batch_sizes: list[int]) -> list[tuple[int, int]]:
+    """(train, eval) batch per row: one eval batch for all rows, or one per train batch."""
+    if len(eval_batch_sizes) == 1:
+        eval_batch_sizes = eval_batch_sizes * len(batch_sizes)
+    if len(eval_batch_sizes) != len(batch_sizes) or min(batch_sizes + eval_batch_sizes) < 1:
+        raise ValueError(f"--eval_batch_size={eval_batch_sizes} must be one positive value or one per "
+                         f"--batch_size={batch_sizes}")
+    return list(zip(batch_sizes, eval_batch_sizes))
+
+
 def run(config: ml_collections.ConfigDict, models: list[str], binary: list[bool], dtypes: list[str],
-        batch_size: int, eval_batch_size: int, steps: int, warmup: int, output: str = "") -> list[dict[str, Any]]:
-    """Benchmark every combination; print each JSON line as it is measured and the table at the end."""
+        batch_sizes: list[tuple[int, int]], steps: int, warmup: int, output: str = "") -> list[dict[str, Any]]:
+    """Benchmark every (model, binary, dtype, (batch, eval batch)) combination; print each JSON line as it is
+    measured and the table at the end."""
     rows = []
     for model in models or [config.model]:
         for is_binary in binary:
@@ -126,13 +137,14 @@ def run(config: ml_collections.ConfigDict, models: list[str], binary: list[bool]
                 c.model, c.binary, c.half_precision = model, is_binary, dtype == "bfloat16"
                 if model != config.model:
                     c.model_kwargs = ml_collections.ConfigDict()
-                row = benchmark_row(c, batch_size, eval_batch_size, steps, warmup)
-                rows.append(row)
-                line = json.dumps(row)
-                print(line, flush=True)
-                if output:
-                    with open(output, "a", encoding="utf-8") as f:
-                        f.write(line + "\n")
+                for batch_size, eval_batch_size in batch_sizes:
+                    row = benchmark_row(c, batch_size, eval_batch_size, steps, warmup)
+                    rows.append(row)
+                    line = json.dumps(row)
+                    print(line, flush=True)
+                    if output:
+                        with open(output, "a", encoding="utf-8") as f:
+                            f.write(line + "\n")
     print(format_table(rows), flush=True)
     return rows
 
@@ -146,8 +158,12 @@ def _parse_bool(s: str) -> bool:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    run(FLAGS.config, FLAGS.models, [_parse_bool(b) for b in FLAGS.binary], FLAGS.dtypes, FLAGS.batch_size,
-        FLAGS.eval_batch_size, FLAGS.steps, FLAGS.warmup, FLAGS.output)
+    try:
+        pairs = batch_pairs([int(b) for b in FLAGS.batch_size], [int(b) for b in FLAGS.eval_batch_size])
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    run(FLAGS.config, FLAGS.models, [_parse_bool(b) for b in FLAGS.binary], FLAGS.dtypes, pairs, FLAGS.steps,
+        FLAGS.warmup, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,22 @@ FIELDS = {"model", "binary", "dtype", "batch_size", "train_images_per_second", "
 def test_bench_cli_tiny_mode(tmp_path):
     out = tmp_path / "rows.jsonl"
     r = subprocess.run([sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py",
-                        "--binary=true,false", "--dtypes=float32,bfloat16", "--batch_size=8", "--eval_batch_size=8",
+                        "--binary=true,false", "--dtypes=float32,bfloat16", "--batch_size=8,16", "--eval_batch_size=8",
                         "--steps=2", "--warmup=1", f"--output={out}"],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(l) for l in out.read_text().splitlines()]
-    assert [(row["binary"], row["dtype"]) for row in rows] == [
-        (True, "float32"), (True, "bfloat16"), (False, "float32"), (False, "bfloat16")]
+    assert [(row["binary"], row["dtype"], row["batch_size"]) for row in rows] == [
+        (b, d, n) for b in (True, False) for d in ("float32", "bfloat16") for n in (8, 16)]
     for row in rows:
         assert FIELDS <= set(row), FIELDS - set(row)
-        assert row["model"] == "mnistnet" and row["batch_size"] == 8 and row["device_count"] >= 1
+        assert row["model"] == "mnistnet" and row["eval_batch_size"] == 8 and row["device_count"] >= 1
         assert row["train_images_per_second"] > 0 and row["eval_images_per_second"] > 0
     assert "comparable only within one run on one machine" in r.stdout
+
+
+def test_bench_rejects_mismatched_batch_lists():
+    r = subprocess.run([sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py",
+                        "--batch_size=8,16,32", "--eval_batch_size=8,16"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0 and "--eval_batch_size=[8, 16] must be one positive value or one per" in r.stderr
