@@ -19,6 +19,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  rm -rf /tmp/irnet_site
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/irnet_site .whl/*.whl
   export PYTHONPATH="/tmp/irnet_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 elif python3 -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
