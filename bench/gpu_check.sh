@@ -8,8 +8,9 @@
 # Install: a machine whose python3 already has CUDA JAX keeps it (pip does not replace a JAX that
 # satisfies jax>=0.6); otherwise `jax[cuda12]` is installed. On an offline machine, put wheels of
 # the missing packages in .whl/ first (for the benchmark and these tests: ml-collections, clu,
-# tensorboardX; flax, optax and orbax-checkpoint to match the tested versions): they are installed
-# from there with --no-index and take precedence over the machine's own.
+# tensorboardX; optionally optax and orbax-checkpoint to match the tested versions): they are
+# installed from there with --no-index and take precedence over the machine's own. Keep the
+# machine's flax: it must match its JAX (flax 0.12.8 does not import on JAX 0.11.2).
 # Environment: STAGE_SECONDS (cap per stage; FP_STAGE_SECONDS, TEST_STAGE_SECONDS for those stages), BATCHES, STEPS; ALLOW_CPU=1 runs it without a GPU (to
 # check the script itself). No dataset is needed: the benchmark streams synthetic uint8 images of CIFAR-10's shape.
 set -euo pipefail
