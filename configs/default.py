@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.download = False  # let TFDS download and prepare (needs TensorFlow and internet)
     config.validation_size = 5000  # held out of the train split for model selection
     config.train_size = -1  # > 0: train on only this many examples (quick experiments); -1: all
+    # Training augmentation: "default" (the dataset's: crop_flip for CIFAR-10, none for MNIST),
+    # "none", "crop" (random shift by up to crop_padding pixels) or "crop_flip" (+ horizontal flip).
+    config.augment = "default"
+    config.crop_padding = 4
 
     # Optimization.
     config.optimizer = "sgd"  # "sgd" (momentum, IR-Net), "adam" or "adamw"

@@ -24,6 +24,11 @@ OPERATIONAL_FIELDS = frozenset({
 })
 
 
+# Training fields added after checkpoints were first written: a checkpoint without one was trained
+# with this value.
+FIELDS_ADDED_LATER = {"augment": "default", "crop_padding": 4}
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or belongs to another model/config."""
 
@@ -41,6 +46,7 @@ def training_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def check_compatible(saved: Mapping[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
     """Raise ``CheckpointError`` naming every training field where ``saved`` and ``config`` differ."""
     current = training_fields(config)
+    saved = {**{k: v for k, v in FIELDS_ADDED_LATER.items() if k in current}, **saved}
     keys = sorted(set(saved) | set(current))
     diff = [f"{k}: checkpoint {saved.get(k, '<absent>')!r} vs config {current.get(k, '<absent>')!r}"
             for k in keys if saved.get(k, "<absent>") != current.get(k, "<absent>")]

@@ -31,13 +31,13 @@ class DatasetInfo:
     num_classes: int
     mean: tuple[float, ...]  # per channel, in [0, 1] pixel units
     std: tuple[float, ...]
-    augment: bool  # random crop (4-pixel zero padding) + horizontal flip, as IR-Net trains CIFAR-10
+    augment: str  # the training augmentation of config.augment="default" (see AUGMENTATIONS)
 
 
 DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo("cifar10", "cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465),
-                           (0.2470, 0.2435, 0.2616), augment=True),
-    "mnist": DatasetInfo("mnist", "mnist", (28, 28, 1), 10, (0.1307,), (0.3081,), augment=False),
+                           (0.2470, 0.2435, 0.2616), augment="crop_flip"),
+    "mnist": DatasetInfo("mnist", "mnist", (28, 28, 1), 10, (0.1307,), (0.3081,), augment="none"),
 }
 
 
@@ -128,27 +128,52 @@ def normalize(images_u8: Array, info: DatasetInfo, dtype=jnp.float32) -> Array:
     return x.astype(dtype)
 
 
-def random_crop_flip(images: Array, key: Array, padding: int = 4) -> Array:
-    """Per-image random ``H x W`` crop of the zero-padded image and random horizontal flip.
+# Training augmentations (``config.augment``): "crop" = random H x W crop of the image zero-padded by
+# ``crop_padding`` pixels per side (a shift by up to that many pixels), "crop_flip" = crop + random
+# horizontal flip (IR-Net's CIFAR-10 recipe), "none"; "default" = the dataset's own (DatasetInfo.augment:
+# crop_flip for CIFAR-10, none for MNIST, whose digits must not be mirrored).
+AUGMENTATIONS = ("default", "none", "crop", "crop_flip")
 
-    ``images: [B, H, W, C]`` (any dtype; pad value 0, i.e. a black border before normalization).
-    """
+
+def resolve_augment(augment: str, info: DatasetInfo) -> str:
+    """The augmentation ``augment`` names for dataset ``info`` ("default" -> the dataset's own)."""
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augment {augment!r}; valid: {list(AUGMENTATIONS)}")
+    return info.augment if augment == "default" else augment
+
+
+def random_crop(images: Array, key: Array, padding: int = 4) -> Array:
+    """Per-image random ``H x W`` crop of the zero-padded image: ``[B, H, W, C] -> [B, H, W, C]``
+    (any dtype; pad value 0, i.e. a black border before normalization)."""
     b, h, w, _ = images.shape
-    k_crop, k_flip = jax.random.split(key)
     padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * padding + 1)
+    offsets = jax.random.randint(key, (b, 2), 0, 2 * padding + 1)
     crop = lambda img, off: jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
-    cropped = jax.vmap(crop)(padded, offsets)
-    flip = jax.random.bernoulli(k_flip, 0.5, (b, 1, 1, 1))
-    return jnp.where(flip, cropped[:, :, ::-1, :], cropped)
+    return jax.vmap(crop)(padded, offsets)
+
+
+def random_flip(images: Array, key: Array) -> Array:
+    """Mirror each image of ``[B, H, W, C]`` left-right with probability 1/2."""
+    flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+    return jnp.where(flip, images[:, :, ::-1, :], images)
+
+
+def augment_images(images: Array, key: Array, augment: str, crop_padding: int = 4) -> Array:
+    """Apply a resolved augmentation ("none", "crop" or "crop_flip") to ``[B, H, W, C]``."""
+    k_crop, k_flip = jax.random.split(key)
+    if augment in ("crop", "crop_flip") and crop_padding > 0:
+        images = random_crop(images, k_crop, crop_padding)
+    if augment == "crop_flip":
+        images = random_flip(images, k_flip)
+    return images
 
 
 def preprocess(images_u8: Array, info: DatasetInfo, key: Array | None, dtype=jnp.float32,
-               encoding: str = "none", levels: int = 1) -> Array:
-    """Augment (training, when the dataset asks for it and ``key`` is given), then normalize, or
-    encode into {-1, +1} planes (``encoding``, see ``irnet_jax.encoding``) for a binary first layer."""
-    if key is not None and info.augment:
-        images_u8 = random_crop_flip(images_u8, key)
+               encoding: str = "none", levels: int = 1, augment: str = "default", crop_padding: int = 4) -> Array:
+    """Augment (training: when ``key`` is given, as ``augment`` says), then normalize, or encode into
+    {-1, +1} planes (``encoding``, see ``irnet_jax.encoding``) for a binary first layer."""
+    if key is not None:
+        images_u8 = augment_images(images_u8, key, resolve_augment(augment, info), crop_padding)
     if encoding != "none":
         return encode(images_u8, encoding, levels, dtype)
     return normalize(images_u8, info, dtype)

@@ -214,7 +214,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, co
         x = jax.lax.with_sharding_constraint(images[batch_idx], batch_sharding)
         y = labels[batch_idx]
         x = data_lib.preprocess(x, info, jax.random.fold_in(key, state.step), dtype, config.input_encoding,
-                                config.encoding_levels)
+                                config.encoding_levels, config.augment, config.crop_padding)
 
         def loss_fn(params, batch_stats):
             model = nnx.merge(graphdef, params, batch_stats, copy=True)
@@ -299,7 +299,9 @@ class _Preemption:
 
 
 def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
-    data_lib.get_dataset_info(config.dataset)
+    data_lib.resolve_augment(config.augment, data_lib.get_dataset_info(config.dataset))
+    if config.crop_padding < 0:
+        raise ValueError(f"crop_padding must be >= 0, got {config.crop_padding}")
     if config.model not in models.list_models():
         raise ValueError(f"unknown model {config.model!r}; valid: {models.list_models()}")
     if config.batch_size % n_devices or config.eval_batch_size % n_devices:

@@ -178,6 +178,8 @@ def test_unknown_config_field_is_rejected(tmp_path):
     ("dataset", "imagenet", r"unknown dataset 'imagenet'; valid: \['cifar10', 'mnist'\]"),
     ("optimizer", "lamb", r"unknown optimizer 'lamb'; valid: \['sgd', 'adam', 'adamw'\]"),
     ("estimator", "approx", r"unknown estimator 'approx'; valid: \['ede', 'ie', 'ste'\]"),
+    ("augment", "mixup", r"unknown augment 'mixup'; valid: \['default', 'none', 'crop', 'crop_flip'\]"),
+    ("crop_padding", -2, r"crop_padding must be >= 0, got -2"),
 ])
 def test_unknown_names_list_valid_ones(tfds_dir, tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
