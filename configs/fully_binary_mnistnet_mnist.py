@@ -1,6 +1,7 @@
 """Fully binary MNIST net: all three convs and the classifier binary, the digit encoded as 4-level
 thermometer planes, +1/-1 checkerboard padding: every layer binary, first and last included.
-Recipe chosen on the validation split (BENCHMARKS.md): 20 epochs, Adam 2e-3 with a 1-epoch warm-up."""
+Recipe chosen on the validation split (BENCHMARKS.md): 20 epochs, Adam 2e-3 with a 1-epoch warm-up,
+random shifts of up to 2 pixels (99.10% validation, 99.04% test, seed 0)."""
 
 from configs import mnistnet_mnist
 from configs.fully_binary_vgg_small_cifar10 import make_fully_binary
@@ -11,4 +12,6 @@ def get_config():
     config.num_epochs = 20
     config.learning_rate = 2e-3
     config.warmup_epochs = 1.0
+    config.augment = "crop"
+    config.crop_padding = 2
     return config
