@@ -21,9 +21,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
+    from irnet_jax import trainer
+
+    trainer.configure_cpu_devices(FLAGS.config.cpu_devices)  # before JAX starts its backends
     if FLAGS.distributed:
         jax.distributed.initialize()
-    from irnet_jax import trainer
 
     logging.info("JAX %s: process %d/%d, devices %s", jax.__version__, jax.process_index(), jax.process_count(),
                  jax.devices())

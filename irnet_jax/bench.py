@@ -158,6 +158,7 @@ def _parse_bool(s: str) -> bool:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    trainer.configure_cpu_devices(FLAGS.config.cpu_devices)  # before JAX starts its backends
     try:
         pairs = batch_pairs([int(b) for b in FLAGS.batch_size], [int(b) for b in FLAGS.eval_batch_size])
     except ValueError as e:

@@ -159,6 +159,23 @@ def estimator_params(config: ml_collections.ConfigDict, step: int, steps_per_epo
     return bz.estimator_schedule(config.estimator, p, config.t_min, config.t_max)
 
 
+def configure_cpu_devices(count: int) -> bool:
+    """Split the CPU platform into ``count`` JAX devices (``count <= 0``: keep JAX's default of one).
+
+    XLA:CPU runs each elementwise kernel on one thread; with one device per core, the data-parallel
+    step gives every core its own shard's kernels. JAX accepts this only before it starts its
+    backends (``train.py`` and the benchmark call it first thing). Returns whether the CPU platform
+    now has ``count`` devices (False when JAX had already started with another count).
+    """
+    if count <= 0:
+        return True
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # backends already initialized
+        return len(jax.devices("cpu")) == count
+    return True
+
+
 def make_mesh(devices: list | None = None) -> Mesh:
     """A 1-D mesh, axis ``data``, over ``devices`` (default: every device of every process)."""
     return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
@@ -349,6 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     t_start = time.time()
     quiet_orbax_logs()
+    cpu_devices_applied = configure_cpu_devices(config.cpu_devices)
     mesh = make_mesh()
     _validate(config, mesh.size)
 
@@ -386,6 +404,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = MetricWriter(workdir)
     writer.log(f"devices: {mesh.size} x {jax.devices()[0].platform} ({jax.process_count()} process(es)); "
                f"train {n_train}, validation {len(splits['validation'].labels)}, test {len(splits['test'].labels)}")
+    if not cpu_devices_applied:
+        writer.log(f"cpu_devices={config.cpu_devices} not applied: JAX had already started with "
+                   f"{len(jax.devices('cpu'))} CPU device(s) (set it before JAX runs anything, e.g. via train.py)")
     writer.log(format_summary(summarize(build_model(config, nnx.Rngs(0)), model_input_shape(config)),
                               f"{config.model} on {config.dataset}"))
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:

@@ -23,3 +23,28 @@ def test_two_device_step_equals_one_device_step(tfds_dir, tmp_path):
         assert abs(a - b) < 1e-5, out
     assert out["batch_devices_2"] == 2 and out["state_specs_2"] == ["P()"]
     assert out["run_device_count"] == 2 and out["run_test_accuracy"] > 0.2, out  # chance: 0.1; 8 steps reach ~0.42
+
+
+def test_cpu_devices_config_splits_the_cpu(tfds_dir, tmp_path):
+    """``--config.cpu_devices=2`` gives a 2-device data-parallel run without any XLA flag."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["TFDS_DATA_DIR"] = tfds_dir
+    workdir = tmp_path / "w"
+    r = subprocess.run([sys.executable, "train.py", "--config", "configs/smoke.py", "--workdir", str(workdir),
+                        "--config.cpu_devices=2", "--config.num_train_steps=4", "--config.eval_batch_size=1000"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["device_count"] == 2 and summary["backend"] == "cpu", summary
+    assert "devices: 2 x cpu" in (workdir / "train.log").read_text()
+
+
+def test_cpu_devices_after_jax_started_is_reported_not_applied():
+    import jax
+
+    from irnet_jax import trainer
+
+    jax.devices()  # the backend has started in this process
+    have = len(jax.devices("cpu"))
+    assert trainer.configure_cpu_devices(have) and trainer.configure_cpu_devices(0)
+    assert not trainer.configure_cpu_devices(have + 1)
