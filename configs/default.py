@@ -65,9 +65,10 @@ def get_config() -> ml_collections.ConfigDict:
     # in every backward transpose: ResNet-20 step 600 -> 350 ms); "on" / "off" force it.
     config.fusion_barriers = "auto"
     # CPU only: split the CPU into this many JAX devices (data parallel, one batch shard each) so that
-    # XLA's single-threaded elementwise kernels of different shards run on different cores; 0 = JAX's
-    # default (1). Must be applied before JAX starts (train.py and the benchmark do it).
-    config.cpu_devices = 0
+    # XLA's single-threaded elementwise kernels of different shards run on different cores (ResNet-20
+    # train step 1.15x, eval 1.2-1.4x on 2 cores, BENCHMARKS.md); 0 = JAX's default (1). Applied before
+    # JAX starts (train.py and the benchmark do it); no effect on GPU/TPU runs.
+    config.cpu_devices = 2
 
     # Logging and checkpoints (operational fields: may differ on resume).
     config.log_every_steps = 100

@@ -404,7 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = MetricWriter(workdir)
     writer.log(f"devices: {mesh.size} x {jax.devices()[0].platform} ({jax.process_count()} process(es)); "
                f"train {n_train}, validation {len(splits['validation'].labels)}, test {len(splits['test'].labels)}")
-    if not cpu_devices_applied:
+    if not cpu_devices_applied and jax.default_backend() == "cpu":
         writer.log(f"cpu_devices={config.cpu_devices} not applied: JAX had already started with "
                    f"{len(jax.devices('cpu'))} CPU device(s) (set it before JAX runs anything, e.g. via train.py)")
     writer.log(format_summary(summarize(build_model(config, nnx.Rngs(0)), model_input_shape(config)),

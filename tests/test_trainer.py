@@ -121,7 +121,8 @@ def test_sigterm_saves_and_resume_is_exact(tfds_dir, tmp_path):
     workdir, straight = str(tmp_path / "preempted"), str(tmp_path / "straight")
     args = [sys.executable, "train.py", "--config", "configs/mnistnet_mnist.py", "--workdir", workdir,
             f"--config.data_dir={tfds_dir}", "--config.train_size=2048", "--config.num_epochs=3",
-            "--config.log_every_steps=1", "--config.eval_batch_size=1000"]
+            "--config.log_every_steps=1", "--config.eval_batch_size=1000",
+            "--config.cpu_devices=0"]  # one device, as the in-process runs below: bit-exact comparison
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = pathlib.Path(workdir) / "train.log"
     deadline = time.time() + 240
