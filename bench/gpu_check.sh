@@ -58,7 +58,8 @@ for r in rows:
     if r["binary"]:
         epoch_s = 50000 / r["train_images_per_second"]
         print(f"{r['model']:<10} batch {r['batch_size']:>4}: {r['train_images_per_second']:>9.0f} train img/s "
-              f"(goal {goals[r['model']]}), 200 epochs ~ {200 * epoch_s / 60:.1f} min")
+              f"({r.get('train_images_per_second_pipelined', 0):.0f} pipelined; goal {goals[r['model']]}), "
+              f"200 epochs ~ {200 * epoch_s / 60:.1f} min")
 PY
 
 # The cost of binarization on the GPU: full-precision rows, same harness.

@@ -7,7 +7,8 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIELDS = {"model", "binary", "dtype", "batch_size", "train_images_per_second", "eval_images_per_second",
-          "compile_seconds", "backend", "device_count", "peak_host_mb", "peak_device_mb", "eval_batch_size"}
+          "compile_seconds", "backend", "device_count", "peak_host_mb", "peak_device_mb", "eval_batch_size",
+          "train_images_per_second_pipelined"}
 
 
 def test_bench_cli_tiny_mode(tmp_path):
@@ -24,6 +25,7 @@ def test_bench_cli_tiny_mode(tmp_path):
         assert FIELDS <= set(row), FIELDS - set(row)
         assert row["model"] == "mnistnet" and row["eval_batch_size"] == 8 and row["device_count"] >= 1
         assert row["train_images_per_second"] > 0 and row["eval_images_per_second"] > 0
+        assert row["train_images_per_second_pipelined"] > 0
     assert "comparable only within one run on one machine" in r.stdout
 
 
