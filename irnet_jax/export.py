@@ -227,13 +227,26 @@ def patches(x: np.ndarray, k: int, stride: int) -> np.ndarray:
     return cols.reshape(n, ho, wo, c * k * k)
 
 
-def _pool2(x: np.ndarray, ceil: bool, fill) -> np.ndarray:
+def _pool2(x, ceil: bool, fill, xp=np):
+    """2x2 max-pool of ``[N, H, W, C]`` (``ceil``: the odd last row/column is kept, padded with ``fill``),
+    with NumPy (``xp=np``) or JAX (``xp=jnp``)."""
     n, h, w, c = x.shape
     if ceil and (h % 2 or w % 2):
-        x = np.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=fill)
+        x = xp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=fill)
         h, w = x.shape[1:3]
     h2, w2 = h // 2, w // 2
     return x[:, :2 * h2, :2 * w2].reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+
+
+def _sums_to_bits(d, st: Stage, xp=np):
+    """A binary layer's integer sums ``D`` -> its output bits: pool ``D`` (when pooled before the
+    threshold), ``D >= threshold`` (``<=`` where flipped), pool the bits (when pooled after)."""
+    if st.pool == "sums":
+        d = _pool2(d, st.ceil_pool, np.iinfo(np.int32).min, xp)
+    x = xp.where(st.flip, d <= st.threshold, d >= st.threshold).astype(xp.uint8)
+    if st.pool == "bits":
+        x = _pool2(x, st.ceil_pool, 0, xp)
+    return x
 
 
 def xnor_popcount_sums(patch_bits: np.ndarray, weight_bits: np.ndarray) -> np.ndarray:
@@ -267,11 +280,7 @@ def run_numpy(folded: FoldedModel, images_u8: np.ndarray, trace: bool = False) -
         if st.kind == "binary_conv":
             d = xnor_popcount_sums(patches(pad_bits(x, st.pad, st.pad_bit), st.kernel_size, st.stride), st.weight_bits)
             rec["sums"] = d
-            if st.pool == "sums":
-                d = _pool2(d, st.ceil_pool, np.iinfo(np.int32).min)
-            x = np.where(st.flip, d <= st.threshold, d >= st.threshold).astype(np.uint8)
-            if st.pool == "bits":
-                x = _pool2(x, st.ceil_pool, 0)
+            x = _sums_to_bits(d, st)
         elif st.kind == "float_conv":
             y = jax.lax.conv_general_dilated(jnp.asarray(x), jnp.asarray(st.weights), (st.stride,) * 2,
                                              ((st.pad, st.pad),) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -325,14 +334,6 @@ def _jax_pad_bits(x: jax.Array, pad: int, pad_bit: str) -> jax.Array:
     return jnp.where(inside, jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))), frame)
 
 
-def _jax_pool2(x: jax.Array, ceil: bool, fill) -> jax.Array:
-    n, h, w, c = x.shape
-    if ceil and (h % 2 or w % 2):
-        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=fill)
-        h, w = x.shape[1:3]
-    return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
 def packed_popcount_xor(a: jax.Array, w: jax.Array) -> jax.Array:
     """``popcount(a XOR w)`` summed over words: ``[..., W] x [C_out, W] uint32 -> [..., C_out] int32``.
 
@@ -367,20 +368,16 @@ def make_jax_engine(folded: FoldedModel):
                 if st.kind == "binary_dense":
                     x = d.astype(jnp.float32) * st.logit_scale + st.bias
                     continue
-                if st.pool == "sums":
-                    d = _jax_pool2(d, st.ceil_pool, np.iinfo(np.int32).min)
-                x = jnp.where(st.flip, d <= st.threshold, d >= st.threshold).astype(jnp.uint8)
-                if st.pool == "bits":
-                    x = _jax_pool2(x, st.ceil_pool, 0)
+                x = _sums_to_bits(d, st, jnp)
             elif st.kind == "float_conv":
                 y = jax.lax.conv_general_dilated(x, jnp.asarray(st.weights), (st.stride,) * 2, ((st.pad, st.pad),) * 2,
                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
                 if st.pool == "sums":
-                    y = _jax_pool2(y, st.ceil_pool, -jnp.inf)
+                    y = _pool2(y, st.ceil_pool, -jnp.inf, jnp)
                 a, b = st.affine
                 x = (y * jnp.asarray(a, jnp.float32) + jnp.asarray(b, jnp.float32) >= 0).astype(jnp.uint8)
                 if st.pool == "bits":
-                    x = _jax_pool2(x, st.ceil_pool, 0)
+                    x = _pool2(x, st.ceil_pool, 0, jnp)
             else:
                 x = (2.0 * x.reshape(x.shape[0], -1).astype(jnp.float32) - 1.0) @ st.weights + st.bias
         return x

@@ -64,7 +64,7 @@ def test_preprocess_augments_only_with_a_key():
 
 
 def test_checkpoints_from_before_the_augment_fields_still_match_their_defaults():
-    import configs.smoke as smoke
+    from configs import smoke
 
     config = smoke.get_config()
     saved = {k: v for k, v in ckpt.training_fields(config).items() if k not in ("augment", "crop_padding")}
