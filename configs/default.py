@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.fusion_barriers = "auto"
     # CPU only: split the CPU into this many JAX devices (data parallel, one batch shard each) so that
     # XLA's single-threaded elementwise kernels of different shards run on different cores (ResNet-20
-    # train step 1.15x, eval 1.2-1.4x on 2 cores, BENCHMARKS.md); 0 = JAX's default (1). Applied before
+    # train step 1.07-1.17x, eval 1.2-1.4x on 2 cores, BENCHMARKS.md); 0 = JAX's default (1). Applied before
     # JAX starts (train.py and the benchmark do it); no effect on GPU/TPU runs.
     config.cpu_devices = 2
 
