@@ -187,8 +187,8 @@ def fold(model: nnx.Module, config: ml_collections.ConfigDict) -> FoldedModel:
     fc = model.fc
     if fc.is_binary:
         bits, scale = _binary_weight_bits(fc, ede)
-        out_scale = 1.0 if fc.output_scale is None else fc.output_normalizer * float(np.asarray(
-            fc.output_scale[...] if isinstance(fc.output_scale, nnx.Variable) else fc.output_scale))
+        multiplier = fc.output_multiplier()
+        out_scale = 1.0 if multiplier is None else float(np.asarray(multiplier))
         stages.append(Stage("binary_dense", (h * w * c,), weight_bits=bits, logit_scale=(scale * out_scale).astype(np.float32),
                             bias=np.asarray(fc.bias[...], np.float32)))
     elif not fc.binarize_weights and not fc.binarize_activations:

@@ -361,6 +361,13 @@ class BinaryDense(_BinaryLayer):
         self.output_scale = {"learned": nnx.Param(jnp.ones((), jnp.float32)), "fixed": 1.0,
                              "none": None}[output_scale]
 
+    def output_multiplier(self) -> Array | float | None:
+        """What the matmul output is multiplied by: ``alpha / sqrt(C_in)`` (``alpha`` learned or 1), or
+        ``None`` without an output scale."""
+        if self.output_scale is None:
+            return None
+        return _value(self.output_scale) * self.output_normalizer
+
     def __call__(self, x: Array, ede: bz.EstimatorParams | None = None) -> Array:
         if x.ndim != 2 or x.shape[-1] != self.in_features:
             raise ValueError(f"BinaryDense expects [B, {self.in_features}] input, got shape {x.shape}")
@@ -368,8 +375,9 @@ class BinaryDense(_BinaryLayer):
         xq = self.quantized_input(x, ede).astype(self.dtype)
         y = xq @ self.quantized_kernel(ede).astype(self.dtype)
         _record(self, xq, y)
-        if self.output_scale is not None:
-            y = y * (jnp.asarray(_value(self.output_scale), self.dtype) * self.output_normalizer)
+        multiplier = self.output_multiplier()
+        if multiplier is not None:
+            y = y * jnp.asarray(multiplier, self.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

@@ -39,7 +39,7 @@ def test_cpu_devices_config_splits_the_cpu(tfds_dir, tmp_path):
     assert "devices: 2 x cpu" in (workdir / "train.log").read_text()
 
 
-def test_cpu_devices_after_jax_started_is_reported_not_applied():
+def test_cpu_devices_after_jax_started_is_not_applied():
     import jax
 
     from irnet_jax import trainer

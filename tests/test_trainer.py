@@ -70,7 +70,7 @@ def smoke_run(tfds_dir, tmp_path_factory):
 
 
 def test_smoke_run_reaches_accuracy_and_writes_outputs(smoke_run):
-    _, workdir, summary = smoke_run
+    config, workdir, summary = smoke_run
     # Measured 0.984 test / 0.981 validation (seed 0, 2 epochs, CPU); threshold leaves a margin.
     assert summary["final_test_accuracy"] >= 0.97
     assert summary["best_val_accuracy"] >= 0.97
@@ -86,6 +86,9 @@ def test_smoke_run_reaches_accuracy_and_writes_outputs(smoke_run):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     log = open(os.path.join(workdir, "train.log")).read()
     assert "img/s" in log and "ETA" in log and "val acc" in log
+    # In-process, JAX started before the run: a cpu_devices it cannot apply is said, not ignored.
+    applied = len(jax.devices("cpu")) == config.cpu_devices
+    assert applied != (f"cpu_devices={config.cpu_devices} not applied" in log)
     # Warm-up then cosine: the logged learning rate rises, then falls to ~0.
     lrs = [l["learning_rate"] for l in lines if "learning_rate" in l]
     assert lrs[0] < max(lrs) and lrs[-1] < 1e-6
