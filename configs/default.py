@@ -61,8 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_train_steps = -1  # > 0: stop after this many steps (a short run); -1: all epochs
     config.half_precision = False  # bfloat16 compute, float32 weights/optimizer/BatchNorm statistics
     config.seed = 0
-    # "auto": materialize binary-layer inputs on CPU (XLA CPU otherwise recomputes the residual chain
-    # in every backward transpose: ResNet-20 step 600 -> 350 ms); "on" / "off" force it.
+    # "auto": on CPU, materialize the ResNets' residual stream once per block (XLA CPU otherwise
+    # recomputes the chain of earlier blocks in every fusion: ResNet-20 eval 1,880 -> 3,140 img/s,
+    # train step 600 -> 300 ms with 2 CPU devices, BENCHMARKS.md); "on" / "off" force it.
     config.fusion_barriers = "auto"
     # CPU only: split the CPU into this many JAX devices (data parallel, one batch shard each) so that
     # XLA's single-threaded elementwise kernels of different shards run on different cores (ResNet-20

@@ -71,6 +71,18 @@ def _record(module: nnx.Module, matmul_input: Array, output: Array) -> None:
         _recorded_calls.append(LayerCall(module, matmul_input, output))
 
 
+def materialize(x: Array, on: bool = True) -> Array:
+    """``x`` behind an optimization barrier (when ``on``): XLA computes and stores it once.
+
+    Without it XLA:CPU fuses a value that has several consumers into each of them, recomputing it,
+    and for a residual stream (``x_{l+1} = ht(BN(conv(x_l)) + x_l)``) every fusion re-derives the
+    whole chain of earlier blocks: quadratic in depth, forward and backward (BENCHMARKS.md). The
+    barrier acts only where the ``cse_barrier_expander`` pass is disabled for the compilation (the
+    trainer does so where it uses barriers, on CPU); elsewhere XLA removes it. Values are unchanged.
+    """
+    return jax.lax.optimization_barrier(x) if on else x
+
+
 def hardtanh(x: Array) -> Array:
     """``clip(x, -1, 1)``; gradient 1 inside (-1, 1), 0 outside."""
     return jnp.clip(x, -1.0, 1.0)
@@ -158,11 +170,9 @@ class _BinaryLayer(nnx.Module):
     kernel_reduce_axes: tuple[int, ...] = ()
 
     def _init_options(self, *, binarize_weights: bool, binarize_activations: bool, estimator: str,
-                      weight_scale: str, activation_std_norm: bool, dtype: Dtype, materialize_input: bool,
-                      kernel: Array):
+                      weight_scale: str, activation_std_norm: bool, dtype: Dtype, kernel: Array):
         if weight_scale not in WEIGHT_SCALES:
             raise ValueError(f"unknown weight_scale {weight_scale!r}; valid: {list(WEIGHT_SCALES)}")
-        self.materialize_input = materialize_input
         self.binarize_weights = binarize_weights
         self.binarize_activations = binarize_activations
         self.estimator = estimator
@@ -173,11 +183,6 @@ class _BinaryLayer(nnx.Module):
         self.kernel = nnx.Param(kernel)
         learned = binarize_weights and weight_scale == "learned"
         self.scale = nnx.Param(jnp.mean(jnp.abs(kernel), axis=self.kernel_reduce_axes)) if learned else None
-
-    def set_view(self, materialize_input: bool | None = None) -> None:
-        """Used by ``nnx.view``: e.g. ``nnx.view(model, materialize_input=False)`` for inference."""
-        if materialize_input is not None:
-            self.materialize_input = materialize_input
 
     @property
     def is_binary(self) -> bool:
@@ -194,16 +199,7 @@ class _BinaryLayer(nnx.Module):
         return wq * self.scale[...] if self.scale is not None else wq
 
     def quantized_input(self, x: Array, ede: bz.EstimatorParams) -> Array:
-        """``Qa(x)``: the estimator's sign of ``x``, or ``x`` itself.
-
-        With ``materialize_input`` the input first passes an optimization barrier, so it is stored
-        once instead of being recomputed: without it XLA CPU re-derives the whole chain of preceding
-        elementwise ops (residual adds, BatchNorm, hardtanh: quadratic in depth for the Bi-Real
-        ResNet) inside every backward transpose. It acts only where the ``cse_barrier_expander``
-        pass is disabled for the compilation (the trainer does so on CPU); elsewhere XLA removes it.
-        """
-        if self.materialize_input:
-            x = jax.lax.optimization_barrier(x)
+        """``Qa(x)``: the estimator's sign of ``x``, or ``x`` itself."""
         if not self.binarize_activations:
             return x
         if self.activation_std_norm:
@@ -247,7 +243,6 @@ class BinaryConv(_BinaryLayer):
         weight_scale: str = "power_of_two",
         activation_std_norm: bool = False,
         dtype: Dtype = jnp.float32,
-        materialize_input: bool = False,
         kernel_init: nnx.Initializer = nnx.initializers.kaiming_normal(),
         rngs: nnx.Rngs,
     ):
@@ -256,7 +251,7 @@ class BinaryConv(_BinaryLayer):
         shape = (kernel_size, kernel_size, in_features, out_features)
         self._init_options(binarize_weights=binarize_weights, binarize_activations=binarize_activations,
                            estimator=estimator, weight_scale=weight_scale, activation_std_norm=activation_std_norm,
-                           dtype=dtype, materialize_input=materialize_input,
+                           dtype=dtype,
                            kernel=kernel_init(rngs.params(), shape, jnp.float32))
         self.in_features, self.out_features = in_features, out_features
         self.kernel_size, self.strides = kernel_size, strides
@@ -345,7 +340,6 @@ class BinaryDense(_BinaryLayer):
         activation_std_norm: bool = False,
         output_scale: str = "none",
         dtype: Dtype = jnp.float32,
-        materialize_input: bool = False,
         kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
         rngs: nnx.Rngs,
     ):
@@ -353,7 +347,7 @@ class BinaryDense(_BinaryLayer):
             raise ValueError(f"unknown output_scale {output_scale!r}; valid: {list(OUTPUT_SCALES)}")
         self._init_options(binarize_weights=binarize_weights, binarize_activations=binarize_activations,
                            estimator=estimator, weight_scale=weight_scale, activation_std_norm=activation_std_norm,
-                           dtype=dtype, materialize_input=materialize_input,
+                           dtype=dtype,
                            kernel=kernel_init(rngs.params(), (in_features, out_features), jnp.float32))
         self.in_features, self.out_features = in_features, out_features
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None

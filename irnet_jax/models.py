@@ -22,8 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from irnet_jax.binarization import EstimatorParams
-from irnet_jax.layers import (BinaryConv, BinaryDense, ShiftBinaryConv, batch_norm, hardtanh, max_pool,
-                              norm_layer)
+from irnet_jax.layers import (BinaryConv, BinaryDense, ShiftBinaryConv, batch_norm, hardtanh, materialize,
+                              max_pool, norm_layer)
 
 Array = jax.Array
 
@@ -37,7 +37,8 @@ class Quantization:
     binarized unless ``binarize_activations=False`` (1w32a). The remaining fields select the
     hardware-oriented variants: ``pad_value`` of binary-input convs, the ``norm`` before each sign,
     ``shift_conv`` (2-base activations), and IE-Net's ``weight_scale="learned"`` and
-    ``activation_std_norm``.
+    ``activation_std_norm``. ``materialize_residuals`` stores the residual stream of the ResNets once
+    per block (``layers.materialize``: an XLA:CPU speed-up, values unchanged).
     """
 
     binary: bool = True
@@ -54,13 +55,12 @@ class Quantization:
     shift_second_scale: float = 1.0
     last_layer_output_scale: str = "learned"
     dtype: Any = jnp.float32
-    materialize_inputs: bool = False  # see BinaryConv.quantized_input (a CPU training speed-up)
+    materialize_residuals: bool = False
 
     def _layer_options(self, on: bool) -> dict[str, Any]:
         return dict(binarize_weights=on, binarize_activations=on and self.binarize_activations,
                     estimator=self.estimator, weight_scale=self.weight_scale,
-                    activation_std_norm=self.activation_std_norm, dtype=self.dtype,
-                    materialize_input=self.materialize_inputs)
+                    activation_std_norm=self.activation_std_norm, dtype=self.dtype)
 
     def conv(self, c_in: int, c_out: int, kernel_size: int = 3, *, binary: bool = True, rngs: nnx.Rngs,
              **kw) -> BinaryConv:
@@ -251,10 +251,11 @@ class BiRealBlock(nnx.Module):
         self.conv2 = q.conv(c_out, c_out, rngs=rngs)
         self.bn2 = q.norm_layer(c_out, rngs)
         self.shortcut = Shortcut(c_in, c_out, stride, shortcut, q, rngs)
+        self.materialize = q.materialize_residuals
 
     def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
-        y = hardtanh(self.bn1(self.conv1(x, ede)) + self.shortcut(x))
-        return hardtanh(self.bn2(self.conv2(y, ede)) + y)
+        y = materialize(hardtanh(self.bn1(self.conv1(x, ede)) + self.shortcut(x)), self.materialize)
+        return materialize(hardtanh(self.bn2(self.conv2(y, ede)) + y), self.materialize)
 
 
 class BasicBlock(BiRealBlock):
@@ -262,7 +263,7 @@ class BasicBlock(BiRealBlock):
 
     def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
         y = hardtanh(self.bn1(self.conv1(x, ede)))
-        return hardtanh(self.bn2(self.conv2(y, ede)) + self.shortcut(x))
+        return materialize(hardtanh(self.bn2(self.conv2(y, ede)) + self.shortcut(x)), self.materialize)
 
 
 BLOCKS = {"bireal": BiRealBlock, "basic": BasicBlock}
@@ -289,9 +290,10 @@ class CifarResNet(nnx.Module):
         self.blocks = nnx.List(layers)
         self.head_bn = q.norm_layer(c_in, rngs) if bn_before_fc else None
         self.fc = q.last_dense(c_in, num_classes, rngs=rngs)
+        self.materialize = q.materialize_residuals
 
     def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
-        x = hardtanh(self.stem_bn(self.stem(x, ede)))
+        x = materialize(hardtanh(self.stem_bn(self.stem(x, ede))), self.materialize)
         for blk in self.blocks:
             x = blk(x, ede)
         x = jnp.mean(x, axis=(1, 2))

@@ -83,7 +83,7 @@ def compute_dtype(config: ml_collections.ConfigDict):
 
 # Model options read from config fields of the same name (the rest of ``models.Quantization`` is derived).
 QUANTIZATION_FIELDS = tuple(f.name for f in dataclasses.fields(models.Quantization)
-                            if f.name not in ("dtype", "materialize_inputs"))
+                            if f.name not in ("dtype", "materialize_residuals"))
 
 
 def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -98,7 +98,7 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module
     options = {name: config[name] for name in QUANTIZATION_FIELDS}
     return models.create_model(
         config.model, input_shape=model_input_shape(config), num_classes=info.num_classes, rngs=rngs,
-        dtype=compute_dtype(config), materialize_inputs=use_fusion_barriers(config),
+        dtype=compute_dtype(config), materialize_residuals=use_fusion_barriers(config),
         **options, **config.model_kwargs.to_dict(),
     )
 
@@ -107,14 +107,14 @@ FUSION_BARRIER_CHOICES = ("auto", "on", "off")
 
 
 def use_fusion_barriers(config: ml_collections.ConfigDict) -> bool:
-    """Whether layer inputs are materialized (``fusion_barriers``: "auto" = on the CPU backend only)."""
+    """Whether the residual stream is materialized (``fusion_barriers``: "auto" = on the CPU backend only)."""
     if config.fusion_barriers not in FUSION_BARRIER_CHOICES:
         raise ValueError(f"fusion_barriers must be one of {list(FUSION_BARRIER_CHOICES)}, got {config.fusion_barriers!r}")
     return config.fusion_barriers == "on" or (config.fusion_barriers == "auto" and jax.default_backend() == "cpu")
 
 
 def compiler_options(config: ml_collections.ConfigDict) -> dict[str, str] | None:
-    """XLA options for the train/eval steps: keep the layers' optimization barriers when they are used."""
+    """XLA options for the train/eval steps: keep the models' optimization barriers when they are used."""
     return {"xla_disable_hlo_passes": "cse_barrier_expander"} if use_fusion_barriers(config) else None
 
 
@@ -254,10 +254,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, co
 
 
 def eval_graphdef(graphdef: nnx.GraphDef, state: TrainState) -> nnx.GraphDef:
-    """The model's graph in evaluation mode: BatchNorm running statistics, no optimization barriers
-    (they only serve the backward pass)."""
+    """The model's graph in evaluation mode (BatchNorm running statistics)."""
     model = nnx.merge(graphdef, state.params, state.batch_stats)
-    return nnx.graphdef(nnx.view(model, use_running_average=True, materialize_input=False))
+    return nnx.graphdef(nnx.view(model, use_running_average=True))
 
 
 def make_eval_step(graphdef_eval: nnx.GraphDef, config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
@@ -280,7 +279,8 @@ def make_eval_step(graphdef_eval: nnx.GraphDef, config: ml_collections.ConfigDic
         return jnp.stack([jnp.sum(nll * mask), jnp.sum(correct * mask), jnp.sum(mask)])
 
     replicated = NamedSharding(mesh, P())
-    return jax.jit(eval_step, in_shardings=(replicated,) * 4 + (batch_sharding,) * 2, out_shardings=replicated)
+    return jax.jit(eval_step, in_shardings=(replicated,) * 4 + (batch_sharding,) * 2, out_shardings=replicated,
+                   compiler_options=compiler_options(config))
 
 
 def evaluate(eval_step: Callable, state: TrainState, split: tuple[Array, Array], batch_size: int, mesh: Mesh

@@ -1,6 +1,8 @@
 """Every topology x dataset: shapes, finite forward/backward in float32 and bfloat16, gradients
 reach every parameter, parameter counts derived by hand, and the summary's accounting."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,3 +125,44 @@ def test_summary_accounts_for_vgg_small_by_hand():
     assert s.binary_params == sum(9 * i * o for i, o, _ in binary)
     assert s.binary_params + s.float_params == expected_params("vgg_small", 32, 3)
     assert s.size_bits == s.binary_params + 32 * s.float_params
+
+
+def _max_convs_read_by_one_fusion(hlo: str) -> int:
+    """In optimized HLO text: the most convolution results that one non-convolution fusion of the
+    entry computation reads (1 when each block's output is stored; it grows with depth when XLA
+    recomputes the residual chain inside every fusion)."""
+    bodies = dict(re.findall(r"^(?:ENTRY )?%?(\S+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
+    entry = hlo[hlo.index("\nENTRY"):]
+    convs, worst = set(), 0
+    for name, op, rest in re.findall(r"^\s*%(\S+) = \S+ (\w[\w-]*)\((.*)$", entry, re.M):
+        called = re.search(r"calls=%(\S+?)[,\s]", rest)
+        body = bodies.get(called.group(1), "") if called else ""
+        if op == "convolution" or "convolution(" in body:
+            convs.add(name)
+        elif op == "fusion":
+            operands = re.findall(r"%([\w.-]+)", rest.split(")")[0])
+            worst = max(worst, sum(o in convs for o in operands))
+    return worst
+
+
+@pytest.mark.parametrize("block", ["bireal", "basic"])
+def test_materialized_residual_stream_is_not_recomputed(block):
+    """``materialize_residuals`` (the trainer's CPU default) stores each block output once: with it
+    no fusion of the compiled eval forward reads more than one conv result; without it XLA:CPU
+    re-derives the chain of earlier blocks in each fusion. Outputs agree either way."""
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    outputs, worst = {}, {}
+    for on in (True, False):
+        model = models.create_model("resnet20", input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0),
+                                    block=block, materialize_residuals=on)
+        model.eval()
+        graphdef, state = nnx.split(model)
+        forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x),
+                          compiler_options={"xla_disable_hlo_passes": "cse_barrier_expander"})
+        compiled = forward.lower(state, x).compile()
+        worst[on] = _max_convs_read_by_one_fusion(compiled.as_text())
+        outputs[on] = np.asarray(compiled(state, x))
+    assert worst[True] == 1, worst
+    if jax.default_backend() == "cpu":
+        assert worst[False] >= 3, worst
+    np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-5)
