@@ -61,9 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_train_steps = -1  # > 0: stop after this many steps (a short run); -1: all epochs
     config.half_precision = False  # bfloat16 compute, float32 weights/optimizer/BatchNorm statistics
     config.seed = 0
-    # "auto": on CPU, materialize the ResNets' residual stream once per block (XLA CPU otherwise
-    # recomputes the chain of earlier blocks in every fusion: ResNet-20 eval 1,880 -> 3,140 img/s,
-    # train step 600 -> 300 ms with 2 CPU devices, BENCHMARKS.md); "on" / "off" force it.
+    # "auto": on CPU, store the ResNets' residual stream once per block (XLA CPU otherwise recomputes
+    # the chain of earlier blocks in every fusion; ResNet-20 on 2 CPU devices: train 252 -> 430 img/s,
+    # eval 1,880 -> 3,070 img/s, BENCHMARKS.md); "on" / "off" force it.
     config.fusion_barriers = "auto"
     # CPU only: split the CPU into this many JAX devices (data parallel, one batch shard each) so that
     # XLA's single-threaded elementwise kernels of different shards run on different cores (ResNet-20
