@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for irnet_jax: install, run the tests that matter on a GPU, benchmark VGG-Small and
-# ResNet-20 (1w1a at batch 128/256/512, full precision at 512; bfloat16). Results go to OUT_DIR:
-# devices.txt, tests.txt, bench.jsonl (one JSON row per configuration), bench.txt (tables).
+# ResNet-20 (1w1a at batch 128/256/512, full precision at 512; bfloat16), trace ResNet-20's batch-128
+# step. Results go to OUT_DIR: devices.txt, tests.txt, bench.jsonl (one JSON row per configuration),
+# bench.txt (tables), trace.jsonl + trace/ (the profiled row and its profiler files).
 #
 #   bash bench/gpu_check.sh [OUT_DIR]          # from the repository root, on a fresh GPU machine
 #
@@ -11,7 +12,7 @@
 # tensorboardX; optionally optax and orbax-checkpoint to match the tested versions): they are
 # installed from there with --no-index and take precedence over the machine's own. Keep the
 # machine's flax: it must match its JAX (flax 0.12.8 does not import on JAX 0.11.2).
-# Environment: STAGE_SECONDS (cap per stage; FP_STAGE_SECONDS, TEST_STAGE_SECONDS for those stages), BATCHES, STEPS; ALLOW_CPU=1 runs it without a GPU (to
+# Environment: STAGE_SECONDS (cap per stage; FP_STAGE_SECONDS, TRACE_STAGE_SECONDS, TEST_STAGE_SECONDS for those stages), BATCHES, STEPS; ALLOW_CPU=1 runs it without a GPU (to
 # check the script itself). No dataset is needed: the benchmark streams synthetic uint8 images of CIFAR-10's shape.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +62,14 @@ for r in rows:
               f"({r.get('train_images_per_second_pipelined', 0):.0f} pipelined; goal {goals[r['model']]}), "
               f"200 epochs ~ {200 * epoch_s / 60:.1f} min")
 PY
+
+# Where ResNet-20's batch-128 step goes: a profiler trace of a few back-to-back steps (TensorBoard /
+# Perfetto files under trace/), kernel events and kernel time per step in trace.jsonl. Kernel time
+# well below the step time means a launch- or host-bound step.
+timeout "${TRACE_STAGE_SECONDS:-$STAGE}" python3 -m irnet_jax.bench --config configs/resnet20_cifar10.py --binary=true \
+  --dtypes=bfloat16 --batch_size=128 --eval_batch_size=128 --steps="${STEPS:-30}" --warmup=5 \
+  --trace_dir="$OUT/trace" --trace_steps=5 --output="$OUT/trace.jsonl" 2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt" \
+  || echo "TRACE STOPPED" | tee -a "$OUT/bench.txt"
 
 # The cost of binarization on the GPU: full-precision rows, same harness.
 bench configs/vgg_small_cifar10.py false "${BATCHES##*,}" "${FP_STAGE_SECONDS:-$STAGE}"

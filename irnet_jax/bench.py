@@ -9,11 +9,14 @@ augmentation included). Compilation is timed separately; then ``--warmup`` steps
 over ``--steps`` individually timed steps. Prints a table and one JSON line per row. Rows are
 comparable only within one run on one machine. ``train_images_per_second_pipelined`` times the same
 number of steps dispatched back to back with one final block, as the training loop runs them (on a
-GPU, step launch latency then overlaps the previous step).
+GPU, step launch latency then overlaps the previous step). ``--trace_dir`` also records a profiler
+trace of a few train steps per row and adds kernel events and kernel time per step to the row
+(``irnet_jax.profiling``): kernel time well below the step time means a launch- or host-bound step.
 """
 
 import datetime
 import json
+import os
 import resource
 import time
 from typing import Any
@@ -25,7 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from irnet_jax import data as data_lib
-from irnet_jax import trainer
+from irnet_jax import profiling, trainer
 from irnet_jax.timing import median_seconds, pipelined_seconds
 
 FLAGS = flags.FLAGS
@@ -38,6 +41,9 @@ flags.DEFINE_list("eval_batch_size", ["256"], "Global evaluation batch: one valu
 flags.DEFINE_integer("steps", 20, "Timed steps per row (median reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_string("output", "", "Append the JSON lines to this file too.")
+flags.DEFINE_string("trace_dir", "", "Also trace --trace_steps back-to-back train steps per row (jax.profiler: "
+                    "TensorBoard profile + Perfetto trace) under this directory; the row gets a kernel summary.")
+flags.DEFINE_integer("trace_steps", 5, "Train steps per traced row.")
 flags.mark_flags_as_required(["config"])
 
 COMPARABILITY_NOTE = "Rows are comparable only within one run on one machine."
@@ -50,8 +56,9 @@ def _peak_device_mb() -> float | None:
 
 
 def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch_size: int, steps: int,
-                  warmup: int) -> dict[str, Any]:
-    """Measure one configuration; returns the JSON row."""
+                  warmup: int, trace_dir: str = "", trace_steps: int = 5) -> dict[str, Any]:
+    """Measure one configuration; returns the JSON row (with ``profiling.kernel_summary`` fields when
+    ``trace_dir`` is given)."""
     mesh = trainer.make_mesh()
     info = data_lib.get_dataset_info(config.dataset)
     config = config.copy_and_resolve_references()
@@ -90,8 +97,14 @@ def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch
                              steps, warmup)
     cost = train_compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else (cost or {})
+    dtype = "bfloat16" if config.half_precision else "float32"
+    trace = {}
+    if trace_dir:
+        name = f"{config.model}_{'binary' if config.binary else 'float'}_{dtype}_b{batch_size}"
+        trace = profiling.kernel_summary(
+            profiling.record_trace(one_train_step, trace_steps, os.path.join(trace_dir, name)), trace_steps)
     return {
-        "model": config.model, "binary": bool(config.binary), "dtype": "bfloat16" if config.half_precision else "float32",
+        "model": config.model, "binary": bool(config.binary), "dtype": dtype,
         "dataset": config.dataset, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
         "train_images_per_second": batch_size / train_s, "eval_images_per_second": eval_batch_size / eval_s,
         "train_images_per_second_pipelined": batch_size / train_pipelined_s,
@@ -100,7 +113,7 @@ def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch
         "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_device_mb": _peak_device_mb(), "backend": jax.default_backend(), "device_count": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind, "jax_version": jax.__version__,
-        "date": datetime.date.today().isoformat(),
+        "date": datetime.date.today().isoformat(), **trace,
     }
 
 
@@ -129,7 +142,8 @@ def batch_pairs(batch_sizes: list[int], eval_batch_sizes: list[int]) -> list[tup
 
 
 def run(config: ml_collections.ConfigDict, models: list[str], binary: list[bool], dtypes: list[str],
-        batch_sizes: list[tuple[int, int]], steps: int, warmup: int, output: str = "") -> list[dict[str, Any]]:
+        batch_sizes: list[tuple[int, int]], steps: int, warmup: int, output: str = "", trace_dir: str = "",
+        trace_steps: int = 5) -> list[dict[str, Any]]:
     """Benchmark every (model, binary, dtype, (batch, eval batch)) combination; print each JSON line as it is
     measured and the table at the end."""
     rows = []
@@ -143,7 +157,7 @@ def run(config: ml_collections.ConfigDict, models: list[str], binary: list[bool]
                 if model != config.model:
                     c.model_kwargs = ml_collections.ConfigDict()
                 for batch_size, eval_batch_size in batch_sizes:
-                    row = benchmark_row(c, batch_size, eval_batch_size, steps, warmup)
+                    row = benchmark_row(c, batch_size, eval_batch_size, steps, warmup, trace_dir, trace_steps)
                     rows.append(row)
                     line = json.dumps(row)
                     print(line, flush=True)
@@ -169,7 +183,7 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     run(FLAGS.config, FLAGS.models, [_parse_bool(b) for b in FLAGS.binary], FLAGS.dtypes, pairs, FLAGS.steps,
-        FLAGS.warmup, FLAGS.output)
+        FLAGS.warmup, FLAGS.output, FLAGS.trace_dir, FLAGS.trace_steps)
 
 
 if __name__ == "__main__":

@@ -34,3 +34,18 @@ def test_bench_rejects_mismatched_batch_lists():
                         "--batch_size=8,16,32", "--eval_batch_size=8,16"], cwd=REPO, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode != 0 and "--eval_batch_size=[8, 16] must be one positive value or one per" in r.stderr
+
+
+def test_bench_trace_dir_records_a_trace_and_summarizes_its_kernels(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    r = subprocess.run([sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py", "--binary=true",
+                        "--dtypes=float32", "--batch_size=8", "--eval_batch_size=8", "--steps=2", "--warmup=1",
+                        f"--trace_dir={tmp_path / 'trace'}", "--trace_steps=2", f"--output={out}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (row,) = [json.loads(l) for l in out.read_text().splitlines()]
+    trace = pathlib.Path(row["trace_path"])
+    assert trace.is_file() and trace.name == "perfetto_trace.json.gz"
+    assert str(tmp_path / "trace" / "mnistnet_binary_float32_b8") in str(trace)
+    assert row["trace_kernel_events_per_step"] > 0 and row["trace_kernel_ms_per_step"] > 0
+    assert row["trace_top_kernels"] and all(ms >= 0 for _, ms in row["trace_top_kernels"])

@@ -1,0 +1,68 @@
+"""Profiler traces of a jitted step and a summary of the kernels they record.
+
+``record_trace`` runs ``steps`` calls back to back under ``jax.profiler.trace`` (a TensorBoard
+profile plus ``perfetto_trace.json.gz``); ``kernel_summary`` reads the Perfetto file and counts the
+kernel events on the accelerator's timelines (processes named ``/device:...``: one event per kernel),
+or, on a CPU, on XLA's worker threads (where one kernel may run as several parallel tasks, and the
+Eigen convolutions record no event). Kernel time well below the step time means a launch- or
+host-bound step.
+"""
+
+import collections
+import glob
+import gzip
+import json
+import os
+from typing import Any, Callable
+
+import jax
+
+from irnet_jax.timing import pipelined_seconds
+
+_CPU_WORKER_THREAD = "tf_XLAEigen"
+_CPU_BOOKKEEPING = ("ThunkExecutor", "Rendezvous", "Wait", "end:")
+
+
+def record_trace(fn: Callable[[], Any], steps: int, log_dir: str) -> str:
+    """Trace ``steps`` back-to-back calls of ``fn`` into ``log_dir``; returns the Perfetto trace's path."""
+    pattern = os.path.join(log_dir, "**", "perfetto_trace.json.gz")
+    before = set(glob.glob(pattern, recursive=True))
+    with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+        pipelined_seconds(fn, steps)
+    new = sorted(set(glob.glob(pattern, recursive=True)) - before, key=os.path.getmtime)
+    if not new:
+        raise RuntimeError(f"jax.profiler wrote no Perfetto trace under {log_dir}")
+    return new[-1]
+
+
+def kernel_summary(trace_path: str, steps: int) -> dict[str, Any]:
+    """Kernel events per step, their summed time per step (ms, all devices together) and the
+    costliest kernel names, for a trace written by ``record_trace(fn, steps, ...)``: it holds ``steps + 1``
+    calls (``pipelined_seconds`` completes one call before the back-to-back ones)."""
+    with gzip.open(trace_path, "rt", encoding="utf-8") as f:
+        events = json.load(f)["traceEvents"]
+    processes = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
+
+    def is_kernel(e: dict) -> bool:
+        if e.get("ph") != "X" or "dur" not in e:
+            return False
+        if device_pids:
+            return e["pid"] in device_pids
+        return (threads.get((e["pid"], e["tid"]), "").startswith(_CPU_WORKER_THREAD)
+                and not e["name"].startswith(_CPU_BOOKKEEPING))
+
+    kernels = [e for e in events if is_kernel(e)]
+    calls = steps + 1
+    by_name = collections.Counter()
+    for e in kernels:
+        by_name[e["name"]] += e["dur"]
+    return {
+        "trace_path": trace_path,
+        "trace_timelines": "device" if device_pids else "cpu_worker_threads",
+        "trace_kernel_events_per_step": len(kernels) / calls,
+        "trace_kernel_ms_per_step": sum(e["dur"] for e in kernels) / 1e3 / calls,
+        "trace_top_kernels": [(name, round(us / 1e3 / calls, 3)) for name, us in by_name.most_common(8)],
+    }
