@@ -37,32 +37,45 @@ def record_trace(fn: Callable[[], Any], steps: int, log_dir: str) -> str:
 
 def kernel_summary(trace_path: str, steps: int) -> dict[str, Any]:
     """Kernel events per step, their summed time per step (ms, all devices together) and the
-    costliest kernel names, for a trace written by ``record_trace(fn, steps, ...)``: it holds ``steps + 1``
-    calls (``pipelined_seconds`` completes one call before the back-to-back ones)."""
+    costliest kernel names, for a trace written by ``record_trace(fn, steps, ...)``: it holds
+    ``steps + 1`` calls (``pipelined_seconds`` completes one call before the back-to-back ones).
+
+    Kernels are the events of the device's stream timelines (threads named ``Stream ...`` of the
+    ``/device:...`` processes; every device timeline when none is so named), or on a CPU those of
+    XLA's worker threads. ``trace_timelines`` gives events and ms per step of every timeline read.
+    """
     with gzip.open(trace_path, "rt", encoding="utf-8") as f:
         events = json.load(f)["traceEvents"]
     processes = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
     threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
                if e.get("ph") == "M" and e.get("name") == "thread_name"}
-    device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
-
-    def is_kernel(e: dict) -> bool:
-        if e.get("ph") != "X" or "dur" not in e:
-            return False
-        if device_pids:
-            return e["pid"] in device_pids
-        return (threads.get((e["pid"], e["tid"]), "").startswith(_CPU_WORKER_THREAD)
-                and not e["name"].startswith(_CPU_BOOKKEEPING))
-
-    kernels = [e for e in events if is_kernel(e)]
+    device = {key: name for key, name in threads.items() if processes.get(key[0], "").startswith("/device:")}
+    if device:
+        streams = {key for key, name in device.items() if name.startswith("Stream")}
+        kernel_threads = streams or set(device)
+        timelines = device
+    else:
+        kernel_threads = {key for key, name in threads.items() if name.startswith(_CPU_WORKER_THREAD)}
+        timelines = {key: threads[key] for key in kernel_threads}
+    complete = [e for e in events if e.get("ph") == "X" and "dur" in e and not e["name"].startswith(_CPU_BOOKKEEPING)]
     calls = steps + 1
-    by_name = collections.Counter()
-    for e in kernels:
-        by_name[e["name"]] += e["dur"]
+    per_timeline: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    by_name: collections.Counter = collections.Counter()
+    n_kernels, kernel_us = 0, 0.0
+    for e in complete:
+        key = (e["pid"], e["tid"])
+        if key in timelines:
+            totals = per_timeline[f"{processes.get(key[0], key[0])} {timelines[key]}"]
+            totals[0] += 1 / calls
+            totals[1] += e["dur"] / 1e3 / calls
+        if key in kernel_threads:
+            n_kernels += 1
+            kernel_us += e["dur"]
+            by_name[e["name"]] += e["dur"]
     return {
         "trace_path": trace_path,
-        "trace_timelines": "device" if device_pids else "cpu_worker_threads",
-        "trace_kernel_events_per_step": len(kernels) / calls,
-        "trace_kernel_ms_per_step": sum(e["dur"] for e in kernels) / 1e3 / calls,
+        "trace_kernel_events_per_step": n_kernels / calls,
+        "trace_kernel_ms_per_step": kernel_us / 1e3 / calls,
         "trace_top_kernels": [(name, round(us / 1e3 / calls, 3)) for name, us in by_name.most_common(8)],
+        "trace_timelines": {name: [round(n, 1), round(ms, 3)] for name, (n, ms) in sorted(per_timeline.items())},
     }

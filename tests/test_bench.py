@@ -1,5 +1,6 @@
 """The benchmark command in tiny mode: every row has every field (no timing is asserted)."""
 
+import gzip
 import json
 import pathlib
 import subprocess
@@ -49,3 +50,26 @@ def test_bench_trace_dir_records_a_trace_and_summarizes_its_kernels(tmp_path):
     assert str(tmp_path / "trace" / "mnistnet_binary_float32_b8") in str(trace)
     assert row["trace_kernel_events_per_step"] > 0 and row["trace_kernel_ms_per_step"] > 0
     assert row["trace_top_kernels"] and all(ms >= 0 for _, ms in row["trace_top_kernels"])
+
+
+def test_kernel_summary_reads_the_device_stream_timelines(tmp_path):
+    """A GPU-shaped trace (built here: no GPU in CI): kernels are the stream timelines' events; the
+    device's op and module lines and the host's threads are listed but not counted as kernels."""
+    from irnet_jax.profiling import kernel_summary
+
+    meta = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+            {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}},
+            {"ph": "M", "pid": 1, "tid": 10, "name": "thread_name", "args": {"name": "Stream #13(Compute)"}},
+            {"ph": "M", "pid": 1, "tid": 11, "name": "thread_name", "args": {"name": "XLA Ops"}},
+            {"ph": "M", "pid": 2, "tid": 20, "name": "thread_name", "args": {"name": "python"}}]
+    kernels = [{"ph": "X", "pid": 1, "tid": 10, "name": f"fusion_{i % 3}", "ts": 10 * i, "dur": 4} for i in range(30)]
+    others = [{"ph": "X", "pid": 1, "tid": 11, "name": "fusion.1", "ts": 0, "dur": 100},
+              {"ph": "X", "pid": 2, "tid": 20, "name": "PjitFunction", "ts": 0, "dur": 500}]
+    path = tmp_path / "perfetto_trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": meta + kernels + others}, f)
+    s = kernel_summary(str(path), steps=2)  # 3 calls
+    assert s["trace_kernel_events_per_step"] == 10 and s["trace_kernel_ms_per_step"] == 0.04
+    assert [name for name, _ in s["trace_top_kernels"]] == ["fusion_0", "fusion_1", "fusion_2"]
+    assert s["trace_timelines"] == {"/device:GPU:0 Stream #13(Compute)": [10.0, 0.04],
+                                    "/device:GPU:0 XLA Ops": [0.3, 0.033]}
