@@ -66,10 +66,13 @@ def get_config() -> ml_collections.ConfigDict:
     # eval 1,880 -> 3,070 img/s, BENCHMARKS.md); "on" / "off" force it.
     config.fusion_barriers = "auto"
     # CPU only: split the CPU into this many JAX devices (data parallel, one batch shard each) so that
-    # XLA's single-threaded elementwise kernels of different shards run on different cores (ResNet-20
-    # train step 1.07-1.17x, eval 1.2-1.4x on 2 cores, BENCHMARKS.md); 0 = JAX's default (1). Applied before
-    # JAX starts (train.py and the benchmark do it); no effect on GPU/TPU runs.
-    config.cpu_devices = 2
+    # XLA's single-threaded kernels of different shards run on different cores: on 2 cores ResNet-20
+    # trains 1.2x and evaluates 1.7x faster (BENCHMARKS.md). Not the default: XLA:CPU runs the devices'
+    # collectives on one shared thread pool, and a device that starts several all-reduces ahead of the
+    # other can block every thread, so a long training run can deadlock (seen within 300-400 steps of
+    # the smoke run with 2 devices on 2 cores). 0 = JAX's default (1 device). Applied before JAX starts
+    # (train.py and the benchmark do it); no effect on GPU/TPU runs.
+    config.cpu_devices = 0
 
     # Logging and checkpoints (operational fields: may differ on resume).
     config.log_every_steps = 100

@@ -165,7 +165,9 @@ def configure_cpu_devices(count: int) -> bool:
     XLA:CPU runs each elementwise kernel on one thread; with one device per core, the data-parallel
     step gives every core its own shard's kernels. JAX accepts this only before it starts its
     backends (``train.py`` and the benchmark call it first thing). Returns whether the CPU platform
-    now has ``count`` devices (False when JAX had already started with another count).
+    now has ``count`` devices (False when JAX had already started with another count). Caveat: the
+    devices' collectives block threads of one shared pool, so long training runs can deadlock
+    (``configs/default.py``); the trainer says so in its log.
     """
     if count <= 0:
         return True
@@ -404,6 +406,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = MetricWriter(workdir)
     writer.log(f"devices: {mesh.size} x {jax.devices()[0].platform} ({jax.process_count()} process(es)); "
                f"train {n_train}, validation {len(splits['validation'].labels)}, test {len(splits['test'].labels)}")
+    if jax.default_backend() == "cpu" and len(jax.devices()) > 1 and cpu_devices_applied:
+        writer.log(f"cpu_devices={config.cpu_devices}: XLA:CPU's in-process collectives can deadlock in long "
+                   f"training runs (all threads blocked in all-reduces); use cpu_devices=0 for those")
     if not cpu_devices_applied and jax.default_backend() == "cpu":
         writer.log(f"cpu_devices={config.cpu_devices} not applied: JAX had already started with "
                    f"{len(jax.devices('cpu'))} CPU device(s) (set it before JAX runs anything, e.g. via train.py)")

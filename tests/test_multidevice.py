@@ -36,7 +36,8 @@ def test_cpu_devices_config_splits_the_cpu(tfds_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["device_count"] == 2 and summary["backend"] == "cpu", summary
-    assert "devices: 2 x cpu" in (workdir / "train.log").read_text()
+    log = (workdir / "train.log").read_text()
+    assert "devices: 2 x cpu" in log and "cpu_devices=2: XLA:CPU's in-process collectives can deadlock" in log
 
 
 def test_cpu_devices_after_jax_started_is_not_applied():
