@@ -165,9 +165,9 @@ def configure_cpu_devices(count: int) -> bool:
     XLA:CPU runs each elementwise kernel on one thread; with one device per core, the data-parallel
     step gives every core its own shard's kernels. JAX accepts this only before it starts its
     backends (``train.py`` and the benchmark call it first thing). Returns whether the CPU platform
-    now has ``count`` devices (False when JAX had already started with another count). Caveat: the
-    devices' collectives block threads of one shared pool, so long training runs can deadlock
-    (``configs/default.py``); the trainer says so in its log.
+    now has ``count`` devices (False when JAX had already started with another count). Caveat:
+    training runs on several CPU devices can deadlock in XLA:CPU's all-reduce (``configs/default.py``);
+    the trainer says so in its log.
     """
     if count <= 0:
         return True
@@ -407,8 +407,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.log(f"devices: {mesh.size} x {jax.devices()[0].platform} ({jax.process_count()} process(es)); "
                f"train {n_train}, validation {len(splits['validation'].labels)}, test {len(splits['test'].labels)}")
     if jax.default_backend() == "cpu" and len(jax.devices()) > 1 and cpu_devices_applied:
-        writer.log(f"cpu_devices={config.cpu_devices}: XLA:CPU's in-process collectives can deadlock in long "
-                   f"training runs (all threads blocked in all-reduces); use cpu_devices=0 for those")
+        writer.log(f"cpu_devices={config.cpu_devices}: XLA:CPU's in-process collectives can deadlock in "
+                   f"training runs (an all-reduce waiting forever for the other device); use cpu_devices=0 for those")
     if not cpu_devices_applied and jax.default_backend() == "cpu":
         writer.log(f"cpu_devices={config.cpu_devices} not applied: JAX had already started with "
                    f"{len(jax.devices('cpu'))} CPU device(s) (set it before JAX runs anything, e.g. via train.py)")
@@ -432,6 +432,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_val: float | None = None
     train_seconds, train_steps_timed = 0.0, 0
     accumulated: TrainMetrics | None = None
+    # Jitted: one dispatch per step instead of clu's several eager ops (host latency on GPU/TPU).
+    merge_metrics, compute_metrics = jax.jit(TrainMetrics.merge), jax.jit(TrainMetrics.compute)
     t_log, step_log = time.time(), step
     preempted = False
 
@@ -452,13 +454,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 idx = put_batch(order[i * config.batch_size:(i + 1) * config.batch_size], mesh)
                 ede = estimator_params(config, step, steps_per_epoch)
                 state, m = train_step(state, train_images, train_labels, idx, ede, base_key)
-                accumulated = m if accumulated is None else accumulated.merge(m)
+                accumulated = m if accumulated is None else merge_metrics(accumulated, m)
                 step += 1
                 if step == start_step + 1:  # exclude compilation from throughput
                     jax.block_until_ready(state.step)
                     t_epoch, t_log, step_log = time.time(), time.time(), step
                 if step % config.log_every_steps == 0 or step == total_steps:
-                    values = {k: float(v) for k, v in accumulated.compute().items()}
+                    values = {k: float(v) for k, v in compute_metrics(accumulated).items()}
                     accumulated = None
                     now = time.time()
                     rate = (step - step_log) / max(now - t_log, 1e-9)
