@@ -67,12 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.fusion_barriers = "auto"
     # CPU only: split the CPU into this many JAX devices (data parallel, one batch shard each) so that
     # XLA's single-threaded kernels of different shards run on different cores: on 2 cores ResNet-20
-    # trains 1.2x and evaluates 1.7x faster (BENCHMARKS.md). Not the default: with several XLA:CPU
-    # devices in one process, one device's all-reduce can wait forever for the other device, whose
-    # launch is stuck in the CPU client, so a training run can deadlock (the smoke run with 2 devices
-    # on 2 cores: within 50-400 steps; BENCHMARKS.md). 0 = JAX's default (1 device). Applied before
-    # JAX starts (train.py and the benchmark do it); no effect on GPU/TPU runs.
-    config.cpu_devices = 0
+    # trains 1.2x and evaluates 1.7x faster (BENCHMARKS.md); 0 = JAX's default (1 device). Applied
+    # before JAX starts (train.py and the benchmark do it); no effect on GPU/TPU runs. (The trainer keeps
+    # at most trainer.MAX_STEPS_IN_FLIGHT steps dispatched: unbounded run-ahead deadlocked 2 devices.)
+    config.cpu_devices = 2
 
     # Logging and checkpoints (operational fields: may differ on resume).
     config.log_every_steps = 100

@@ -1,5 +1,6 @@
 """Timing helper shared by the benchmarks."""
 
+import collections
 import statistics
 import time
 from typing import Any, Callable
@@ -20,13 +21,16 @@ def median_seconds(fn: Callable[[], Any], steps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def pipelined_seconds(fn: Callable[[], Any], steps: int) -> float:
-    """Mean wall time per call of ``steps`` calls dispatched back to back, blocking only on the last
-    result (as a training loop runs: the host enqueues step n+1 while the device runs step n)."""
+def pipelined_seconds(fn: Callable[[], Any], steps: int, max_in_flight: int = 2) -> float:
+    """Mean wall time per call of ``steps`` calls dispatched ahead of the device, as a training loop
+    runs them (the host enqueues call n+1 while the device runs call n), at most ``max_in_flight``
+    unfinished calls at a time (as ``trainer.MAX_STEPS_IN_FLIGHT``), blocking on the last result."""
     jax.block_until_ready(fn())
     t = time.perf_counter()
-    out = None
+    pending: collections.deque = collections.deque()
     for _ in range(steps):
-        out = fn()
-    jax.block_until_ready(out)
+        pending.append(fn())
+        if len(pending) > max_in_flight:
+            jax.block_until_ready(pending.popleft())
+    jax.block_until_ready(list(pending))
     return (time.perf_counter() - t) / max(steps, 1)

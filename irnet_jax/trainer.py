@@ -13,6 +13,7 @@ rate (optax schedule of the optimizer's step count) and the EDE ``(k, t)``, fed 
 arrays. So a checkpoint of (step, params, batch_stats, opt_state) resumes a run exactly.
 """
 
+import collections
 import dataclasses
 import json
 import logging
@@ -165,9 +166,7 @@ def configure_cpu_devices(count: int) -> bool:
     XLA:CPU runs each elementwise kernel on one thread; with one device per core, the data-parallel
     step gives every core its own shard's kernels. JAX accepts this only before it starts its
     backends (``train.py`` and the benchmark call it first thing). Returns whether the CPU platform
-    now has ``count`` devices (False when JAX had already started with another count). Caveat:
-    training runs on several CPU devices can deadlock in XLA:CPU's all-reduce (``configs/default.py``);
-    the trainer says so in its log.
+    now has ``count`` devices (False when JAX had already started with another count).
     """
     if count <= 0:
         return True
@@ -360,6 +359,13 @@ def _device_split(split: data_lib.Split, mesh: Mesh) -> tuple[Array, Array]:
     return put_replicated(split.images, mesh), put_replicated(split.labels, mesh)
 
 
+# The host dispatches at most this many steps ahead of the device; 2 still hide the host's latency.
+# Unbounded run-ahead fills XLA:CPU's per-device queue of 32 computations, and with several CPU devices
+# a launch blocked on that queue (holding one of the client's 2 threads while the other waits on an
+# execution) deadlocked the step's all-reduces within 50-400 steps (BENCHMARKS.md).
+MAX_STEPS_IN_FLIGHT = 2
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train ``config`` in ``workdir`` (or only evaluate, with ``config.eval_only``); returns the summary.
 
@@ -406,9 +412,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = MetricWriter(workdir)
     writer.log(f"devices: {mesh.size} x {jax.devices()[0].platform} ({jax.process_count()} process(es)); "
                f"train {n_train}, validation {len(splits['validation'].labels)}, test {len(splits['test'].labels)}")
-    if jax.default_backend() == "cpu" and len(jax.devices()) > 1 and cpu_devices_applied:
-        writer.log(f"cpu_devices={config.cpu_devices}: XLA:CPU's in-process collectives can deadlock in "
-                   f"training runs (an all-reduce waiting forever for the other device); use cpu_devices=0 for those")
     if not cpu_devices_applied and jax.default_backend() == "cpu":
         writer.log(f"cpu_devices={config.cpu_devices} not applied: JAX had already started with "
                    f"{len(jax.devices('cpu'))} CPU device(s) (set it before JAX runs anything, e.g. via train.py)")
@@ -434,6 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     accumulated: TrainMetrics | None = None
     # Jitted: one dispatch per step instead of clu's several eager ops (host latency on GPU/TPU).
     merge_metrics, compute_metrics = jax.jit(TrainMetrics.merge), jax.jit(TrainMetrics.compute)
+    in_flight: collections.deque = collections.deque()  # metrics of dispatched steps (the state is donated)
     t_log, step_log = time.time(), step
     preempted = False
 
@@ -456,6 +460,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 state, m = train_step(state, train_images, train_labels, idx, ede, base_key)
                 accumulated = m if accumulated is None else merge_metrics(accumulated, m)
                 step += 1
+                in_flight.append(m)
+                if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+                    jax.block_until_ready(in_flight.popleft())
                 if step == start_step + 1:  # exclude compilation from throughput
                     jax.block_until_ready(state.step)
                     t_epoch, t_log, step_log = time.time(), time.time(), step

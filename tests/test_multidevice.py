@@ -26,18 +26,18 @@ def test_two_device_step_equals_one_device_step(tfds_dir, tmp_path):
 
 
 def test_cpu_devices_config_splits_the_cpu(tfds_dir, tmp_path):
-    """``--config.cpu_devices=2`` gives a 2-device data-parallel run without any XLA flag."""
+    """``--config.cpu_devices=2`` gives a 2-device data-parallel run without any XLA flag. 150 steps:
+    with unbounded host run-ahead such runs deadlocked in XLA:CPU's all-reduce within 50 steps."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["TFDS_DATA_DIR"] = tfds_dir
     workdir = tmp_path / "w"
     r = subprocess.run([sys.executable, "train.py", "--config", "configs/smoke.py", "--workdir", str(workdir),
-                        "--config.cpu_devices=2", "--config.num_train_steps=4", "--config.eval_batch_size=1000"],
+                        "--config.cpu_devices=2", "--config.num_train_steps=150", "--config.eval_batch_size=1000"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["device_count"] == 2 and summary["backend"] == "cpu", summary
-    log = (workdir / "train.log").read_text()
-    assert "devices: 2 x cpu" in log and "cpu_devices=2: XLA:CPU's in-process collectives can deadlock" in log
+    assert "devices: 2 x cpu" in (workdir / "train.log").read_text()
 
 
 def test_cpu_devices_after_jax_started_is_not_applied():

@@ -65,7 +65,6 @@ def smoke_run(tfds_dir, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("smoke"))
     config = smoke.get_config()
     config.data_dir = tfds_dir
-    config.cpu_devices = 2  # JAX has started already: the run must say it could not apply this
     summary = trainer.train_and_evaluate(config, workdir)
     return config, workdir, summary
 
