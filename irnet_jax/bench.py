@@ -8,8 +8,8 @@ eval steps, fed from a device-resident synthetic uint8 dataset of the real image
 augmentation included). Compilation is timed separately; then ``--warmup`` steps, then the median
 over ``--steps`` individually timed steps. Prints a table and one JSON line per row. Rows are
 comparable only within one run on one machine. ``train_images_per_second_pipelined`` times the same
-number of steps dispatched back to back with one final block, as the training loop runs them (on a
-GPU, step launch latency then overlaps the previous step). ``--trace_dir`` also records a profiler
+number of steps dispatched ahead of the device, at most 2 in flight, as the training loop runs them
+(on a GPU, step launch latency then overlaps the previous step). ``--trace_dir`` also records a profiler
 trace of a few train steps per row and adds kernel events and kernel time per step to the row
 (``irnet_jax.profiling``): kernel time well below the step time means a launch- or host-bound step.
 """
