@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
     # XLA's single-threaded kernels of different shards run on different cores: on 2 cores ResNet-20
     # trains 1.2x and evaluates 1.7x faster (BENCHMARKS.md); 0 = JAX's default (1 device). Applied
     # before JAX starts (train.py and the benchmark do it); no effect on GPU/TPU runs. (The trainer keeps
-    # at most trainer.MAX_STEPS_IN_FLIGHT steps dispatched: unbounded run-ahead deadlocked 2 devices.)
+    # at most timing.MAX_IN_FLIGHT steps dispatched: unbounded run-ahead deadlocked 2 devices.)
     config.cpu_devices = 2
 
     # Logging and checkpoints (operational fields: may differ on resume).

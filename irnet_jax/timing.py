@@ -1,4 +1,4 @@
-"""Timing helper shared by the benchmarks."""
+"""Timing helpers of the benchmarks, and the bounded dispatch window they share with the training loop."""
 
 import collections
 import statistics
@@ -21,16 +21,40 @@ def median_seconds(fn: Callable[[], Any], steps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def pipelined_seconds(fn: Callable[[], Any], steps: int, max_in_flight: int = 2) -> float:
-    """Mean wall time per call of ``steps`` calls dispatched ahead of the device, as a training loop
-    runs them (the host enqueues call n+1 while the device runs call n), at most ``max_in_flight``
-    unfinished calls at a time (as ``trainer.MAX_STEPS_IN_FLIGHT``), blocking on the last result."""
+# The host dispatches at most this many steps ahead of the device; 2 still hide the host's latency.
+# Unbounded run-ahead fills XLA:CPU's per-device queue of 32 computations, and with several CPU devices
+# a launch blocked on that queue (holding one of the client's 2 threads while the other waits on an
+# execution) deadlocked the step's all-reduces within 50-400 steps (BENCHMARKS.md).
+MAX_IN_FLIGHT = 2
+
+
+class DispatchWindow:
+    """At most ``limit`` dispatched, unfinished results: ``add`` blocks on the oldest beyond that."""
+
+    def __init__(self, limit: int = MAX_IN_FLIGHT):
+        self.limit = limit
+        self._pending: collections.deque = collections.deque()
+
+    def add(self, result: Any) -> None:
+        """Track ``result`` (not a donated buffer: it must stay readable until it is waited on)."""
+        self._pending.append(result)
+        if len(self._pending) > self.limit:
+            jax.block_until_ready(self._pending.popleft())
+
+    def drain(self) -> None:
+        """Wait for every tracked result."""
+        jax.block_until_ready(list(self._pending))
+        self._pending.clear()
+
+
+def pipelined_seconds(fn: Callable[[], Any], steps: int) -> float:
+    """Mean wall time per call of ``steps`` calls dispatched ahead of the device through a
+    ``DispatchWindow``, as the training loop runs them (the host enqueues call n+1 while the device
+    runs call n), blocking on the last result."""
     jax.block_until_ready(fn())
     t = time.perf_counter()
-    pending: collections.deque = collections.deque()
+    window = DispatchWindow()
     for _ in range(steps):
-        pending.append(fn())
-        if len(pending) > max_in_flight:
-            jax.block_until_ready(pending.popleft())
-    jax.block_until_ready(list(pending))
+        window.add(fn())
+    window.drain()
     return (time.perf_counter() - t) / max(steps, 1)

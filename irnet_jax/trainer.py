@@ -13,7 +13,6 @@ rate (optax schedule of the optimizer's step count) and the EDE ``(k, t)``, fed 
 arrays. So a checkpoint of (step, params, batch_stats, opt_state) resumes a run exactly.
 """
 
-import collections
 import dataclasses
 import json
 import logging
@@ -39,6 +38,7 @@ from irnet_jax import encoding
 from irnet_jax import models
 from irnet_jax.metric_writers import MetricWriter
 from irnet_jax.summary import format_summary, summarize
+from irnet_jax.timing import DispatchWindow
 
 Array = jax.Array
 
@@ -359,13 +359,6 @@ def _device_split(split: data_lib.Split, mesh: Mesh) -> tuple[Array, Array]:
     return put_replicated(split.images, mesh), put_replicated(split.labels, mesh)
 
 
-# The host dispatches at most this many steps ahead of the device; 2 still hide the host's latency.
-# Unbounded run-ahead fills XLA:CPU's per-device queue of 32 computations, and with several CPU devices
-# a launch blocked on that queue (holding one of the client's 2 threads while the other waits on an
-# execution) deadlocked the step's all-reduces within 50-400 steps (BENCHMARKS.md).
-MAX_STEPS_IN_FLIGHT = 2
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train ``config`` in ``workdir`` (or only evaluate, with ``config.eval_only``); returns the summary.
 
@@ -437,7 +430,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     accumulated: TrainMetrics | None = None
     # Jitted: one dispatch per step instead of clu's several eager ops (host latency on GPU/TPU).
     merge_metrics, compute_metrics = jax.jit(TrainMetrics.merge), jax.jit(TrainMetrics.compute)
-    in_flight: collections.deque = collections.deque()  # metrics of dispatched steps (the state is donated)
+    in_flight = DispatchWindow()  # bounded run-ahead: unbounded, 2 CPU devices deadlocked (timing.py)
     t_log, step_log = time.time(), step
     preempted = False
 
@@ -460,9 +453,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 state, m = train_step(state, train_images, train_labels, idx, ede, base_key)
                 accumulated = m if accumulated is None else merge_metrics(accumulated, m)
                 step += 1
-                in_flight.append(m)
-                if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-                    jax.block_until_ready(in_flight.popleft())
+                in_flight.add(m)  # the metrics, not the state: that is donated to the next step
                 if step == start_step + 1:  # exclude compilation from throughput
                     jax.block_until_ready(state.step)
                     t_epoch, t_log, step_log = time.time(), time.time(), step
