@@ -23,7 +23,7 @@ def main(argv):
 
     from irnet_jax import trainer
 
-    trainer.configure_cpu_devices(FLAGS.config.cpu_devices)  # before JAX starts its backends
+    trainer.configure_runtime(FLAGS.config)  # xla_flags, cpu_devices: before JAX starts its backends
     if FLAGS.distributed:
         jax.distributed.initialize()
 

@@ -6,10 +6,12 @@
 For each (model, binary, dtype) row: the configured model and the trainer's own jitted train and
 eval steps, fed from a device-resident synthetic uint8 dataset of the real image shape (on-device
 augmentation included). Compilation is timed separately; then ``--warmup`` steps, then the median
-over ``--steps`` individually timed steps. Prints a table and one JSON line per row. Rows are
+over ``--steps`` individually timed calls. Prints a table and one JSON line per row. Rows are
 comparable only within one run on one machine. ``train_images_per_second_pipelined`` times the same
 number of steps dispatched ahead of the device, at most 2 in flight, as the training loop runs them
-(on a GPU, step launch latency then overlaps the previous step). ``--trace_dir`` also records a profiler
+(on a GPU, step launch latency then overlaps the previous step). ``--steps_per_call=1,8`` adds rows whose
+timed call runs that many train steps (``trainer.make_multi_step``, as ``config.steps_per_call`` in training;
+per-step figures are per step). ``--trace_dir`` also records a profiler
 trace of a few train steps per row and adds kernel events and kernel time per step to the row
 (``irnet_jax.profiling``): kernel time well below the step time means a launch- or host-bound step.
 """
@@ -43,7 +45,9 @@ flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_string("output", "", "Append the JSON lines to this file too.")
 flags.DEFINE_string("trace_dir", "", "Also trace --trace_steps back-to-back train steps per row (jax.profiler: "
                     "TensorBoard profile + Perfetto trace) under this directory; the row gets a kernel summary.")
-flags.DEFINE_integer("trace_steps", 5, "Train steps per traced row.")
+flags.DEFINE_integer("trace_steps", 5, "Train calls (of --steps_per_call steps) per traced row.")
+flags.DEFINE_list("steps_per_call", ["1"], "Train steps per device call (trainer.make_multi_step); one row per "
+                  "value. The config's unroll_steps applies.")
 flags.mark_flags_as_required(["config"])
 
 COMPARABILITY_NOTE = "Rows are comparable only within one run on one machine."
@@ -56,9 +60,11 @@ def _peak_device_mb() -> float | None:
 
 
 def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch_size: int, steps: int,
-                  warmup: int, trace_dir: str = "", trace_steps: int = 5) -> dict[str, Any]:
+                  warmup: int, trace_dir: str = "", trace_steps: int = 5, steps_per_call: int = 1
+                  ) -> dict[str, Any]:
     """Measure one configuration; returns the JSON row (with ``profiling.kernel_summary`` fields when
-    ``trace_dir`` is given)."""
+    ``trace_dir`` is given). Each timed call runs ``steps_per_call`` train steps (the trainer's
+    ``make_multi_step``); per-step figures divide by it."""
     mesh = trainer.make_mesh()
     info = data_lib.get_dataset_info(config.dataset)
     config = config.copy_and_resolve_references()
@@ -70,28 +76,29 @@ def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch
     steps_per_epoch = n // batch_size
     tx = trainer.make_optimizer(config, trainer.learning_rate_schedule(config, steps_per_epoch))
     graphdef, state = trainer.init_train_state(config, tx, mesh)
-    train_step = trainer.make_train_step(graphdef, tx, config, mesh)
+    train_steps = trainer.make_multi_step(graphdef, tx, config, mesh)
     eval_step = trainer.make_eval_step(trainer.eval_graphdef(graphdef, state), config, mesh)
     key = jax.random.key(0)
-    orders = [trainer.put_batch(rng.permutation(n)[:batch_size].astype(np.int32), mesh) for _ in range(4)]
-    ede = trainer.estimator_params(config, 0, steps_per_epoch)
+    orders = [trainer.put_batch(np.stack([rng.permutation(n)[:batch_size] for _ in range(steps_per_call)])
+                                .astype(np.int32), mesh, axis=1) for _ in range(4)]
+    ede = trainer.stack_estimator_params([trainer.estimator_params(config, 0, steps_per_epoch)] * steps_per_call)
     eval_idx = trainer.put_batch(np.arange(eval_batch_size, dtype=np.int32), mesh)
     eval_mask = trainer.put_batch(np.ones(eval_batch_size, np.float32), mesh)
 
     t = time.perf_counter()
-    train_compiled = train_step.lower(state, images, labels, orders[0], ede, key).compile()
+    train_compiled = train_steps.lower(state, images, labels, orders[0], ede, key).compile()
     eval_compiled = eval_step.lower(state.params, state.batch_stats, images, labels, eval_idx, eval_mask).compile()
     compile_seconds = time.perf_counter() - t
 
     holder = {"state": state, "i": 0}
 
-    def one_train_step():
+    def one_train_call():
         holder["i"] += 1
         holder["state"], m = train_compiled(holder["state"], images, labels, orders[holder["i"] % 4], ede, key)
         return m  # done when the step is; the state is donated to the next step
 
-    train_s = median_seconds(one_train_step, steps, warmup)
-    train_pipelined_s = pipelined_seconds(one_train_step, steps)
+    train_s = median_seconds(one_train_call, steps, warmup) / steps_per_call
+    train_pipelined_s = pipelined_seconds(one_train_call, steps) / steps_per_call
     st = holder["state"]
     eval_s = median_seconds(lambda: eval_compiled(st.params, st.batch_stats, images, labels, eval_idx, eval_mask),
                              steps, warmup)
@@ -100,12 +107,16 @@ def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch
     dtype = "bfloat16" if config.half_precision else "float32"
     trace = {}
     if trace_dir:
-        name = f"{config.model}_{'binary' if config.binary else 'float'}_{dtype}_b{batch_size}"
+        name = f"{config.model}_{'binary' if config.binary else 'float'}_{dtype}_b{batch_size}" + \
+            (f"_s{steps_per_call}" if steps_per_call > 1 else "")
         trace = profiling.kernel_summary(
-            profiling.record_trace(one_train_step, trace_steps, os.path.join(trace_dir, name)), trace_steps)
+            profiling.record_trace(one_train_call, trace_steps, os.path.join(trace_dir, name)),
+            trace_steps, steps_per_call)
     return {
         "model": config.model, "binary": bool(config.binary), "dtype": dtype,
         "dataset": config.dataset, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
+        "steps_per_call": steps_per_call, "unroll_steps": trainer.use_unrolled_steps(config),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "train_images_per_second": batch_size / train_s, "eval_images_per_second": eval_batch_size / eval_s,
         "train_images_per_second_pipelined": batch_size / train_pipelined_s,
         "train_step_ms": 1e3 * train_s, "eval_step_ms": 1e3 * eval_s, "compile_seconds": compile_seconds,
@@ -118,12 +129,13 @@ def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'model':<10} {'binary':<6} {'dtype':<8} {'batch':>5} {'train img/s':>11} {'pipelined':>10} " \
+    head = f"{'model':<10} {'binary':<6} {'dtype':<8} {'batch':>5} {'steps/call':>10} {'train img/s':>11} " \
+           f"{'pipelined':>10} " \
            f"{'eval img/s':>10} {'train ms':>9} {'compile s':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['model']:<10} {str(r['binary']):<6} {r['dtype']:<8} {r['batch_size']:>5} "
-                     f"{r['train_images_per_second']:>11.1f} {r['train_images_per_second_pipelined']:>10.1f} "
+                     f"{r['steps_per_call']:>10} {r['train_images_per_second']:>11.1f} {r['train_images_per_second_pipelined']:>10.1f} "
                      f"{r['eval_images_per_second']:>10.1f} "
                      f"{r['train_step_ms']:>9.1f} {r['compile_seconds']:>9.1f}")
     lines.append(f"{rows[0]['backend']} x {rows[0]['device_count']} ({rows[0]['device_kind']}), JAX "
@@ -143,7 +155,7 @@ def batch_pairs(batch_sizes: list[int], eval_batch_sizes: list[int]) -> list[tup
 
 def run(config: ml_collections.ConfigDict, models: list[str], binary: list[bool], dtypes: list[str],
         batch_sizes: list[tuple[int, int]], steps: int, warmup: int, output: str = "", trace_dir: str = "",
-        trace_steps: int = 5) -> list[dict[str, Any]]:
+        trace_steps: int = 5, steps_per_call: tuple[int, ...] = (1,)) -> list[dict[str, Any]]:
     """Benchmark every (model, binary, dtype, (batch, eval batch)) combination; print each JSON line as it is
     measured and the table at the end."""
     rows = []
@@ -157,13 +169,14 @@ def run(config: ml_collections.ConfigDict, models: list[str], binary: list[bool]
                 if model != config.model:
                     c.model_kwargs = ml_collections.ConfigDict()
                 for batch_size, eval_batch_size in batch_sizes:
-                    row = benchmark_row(c, batch_size, eval_batch_size, steps, warmup, trace_dir, trace_steps)
-                    rows.append(row)
-                    line = json.dumps(row)
-                    print(line, flush=True)
-                    if output:
-                        with open(output, "a", encoding="utf-8") as f:
-                            f.write(line + "\n")
+                    for s in steps_per_call:
+                        row = benchmark_row(c, batch_size, eval_batch_size, steps, warmup, trace_dir, trace_steps, s)
+                        rows.append(row)
+                        line = json.dumps(row)
+                        print(line, flush=True)
+                        if output:
+                            with open(output, "a", encoding="utf-8") as f:
+                                f.write(line + "\n")
     print(format_table(rows), flush=True)
     return rows
 
@@ -177,13 +190,17 @@ def _parse_bool(s: str) -> bool:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    trainer.configure_cpu_devices(FLAGS.config.cpu_devices)  # before JAX starts its backends
+    for warning in trainer.configure_runtime(FLAGS.config):  # xla_flags, cpu_devices: before JAX starts
+        print(warning, flush=True)
     try:
         pairs = batch_pairs([int(b) for b in FLAGS.batch_size], [int(b) for b in FLAGS.eval_batch_size])
     except ValueError as e:
         raise app.UsageError(str(e)) from None
+    steps_per_call = tuple(int(s) for s in FLAGS.steps_per_call)
+    if min(steps_per_call) < 1:
+        raise app.UsageError(f"--steps_per_call={list(steps_per_call)} must be positive")
     run(FLAGS.config, FLAGS.models, [_parse_bool(b) for b in FLAGS.binary], FLAGS.dtypes, pairs, FLAGS.steps,
-        FLAGS.warmup, FLAGS.output, FLAGS.trace_dir, FLAGS.trace_steps)
+        FLAGS.warmup, FLAGS.output, FLAGS.trace_dir, FLAGS.trace_steps, steps_per_call)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 OPERATIONAL_FIELDS = frozenset({
     "data_dir", "download", "log_every_steps", "save_every_epochs", "keep_checkpoints", "resume_dir",
     "eval_only", "eval_checkpoint", "eval_batch_size", "num_train_steps", "fusion_barriers",
-    "cpu_devices",
+    "cpu_devices", "steps_per_call", "unroll_steps", "xla_flags",
 })
 
 

@@ -35,10 +35,11 @@ def record_trace(fn: Callable[[], Any], steps: int, log_dir: str) -> str:
     return new[-1]
 
 
-def kernel_summary(trace_path: str, steps: int) -> dict[str, Any]:
+def kernel_summary(trace_path: str, steps: int, steps_per_call: int = 1) -> dict[str, Any]:
     """Kernel events per step, their summed time per step (ms, all devices together) and the
     costliest kernel names, for a trace written by ``record_trace(fn, steps, ...)``: it holds
-    ``steps + 1`` calls (``pipelined_seconds`` completes one call before the back-to-back ones).
+    ``steps + 1`` calls (``pipelined_seconds`` completes one call before the back-to-back ones) of
+    ``steps_per_call`` train steps each.
 
     Kernels are the events of the device's stream timelines (threads named ``Stream ...`` of the
     ``/device:...`` processes; every device timeline when none is so named), or on a CPU those of
@@ -58,7 +59,7 @@ def kernel_summary(trace_path: str, steps: int) -> dict[str, Any]:
         kernel_threads = {key for key, name in threads.items() if name.startswith(_CPU_WORKER_THREAD)}
         timelines = {key: threads[key] for key in kernel_threads}
     complete = [e for e in events if e.get("ph") == "X" and "dur" in e and not e["name"].startswith(_CPU_BOOKKEEPING)]
-    calls = steps + 1
+    calls = (steps + 1) * steps_per_call  # train steps in the trace
     per_timeline: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
     by_name: collections.Counter = collections.Counter()
     n_kernels, kernel_us = 0, 0.0

@@ -104,14 +104,22 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module
     )
 
 
-FUSION_BARRIER_CHOICES = ("auto", "on", "off")
+AUTO_ON_OFF = ("auto", "on", "off")
 
 
 def use_fusion_barriers(config: ml_collections.ConfigDict) -> bool:
     """Whether the residual stream is materialized (``fusion_barriers``: "auto" = on the CPU backend only)."""
-    if config.fusion_barriers not in FUSION_BARRIER_CHOICES:
-        raise ValueError(f"fusion_barriers must be one of {list(FUSION_BARRIER_CHOICES)}, got {config.fusion_barriers!r}")
+    if config.fusion_barriers not in AUTO_ON_OFF:
+        raise ValueError(f"fusion_barriers must be one of {list(AUTO_ON_OFF)}, got {config.fusion_barriers!r}")
     return config.fusion_barriers == "on" or (config.fusion_barriers == "auto" and jax.default_backend() == "cpu")
+
+
+def use_unrolled_steps(config: ml_collections.ConfigDict) -> bool:
+    """Whether ``make_multi_step`` unrolls its loop (``unroll_steps``: "auto" = on the CPU backend only,
+    where XLA:CPU runs the convolutions of a loop body on a generic path about 10x slower, BENCHMARKS.md)."""
+    if config.unroll_steps not in AUTO_ON_OFF:
+        raise ValueError(f"unroll_steps must be one of {list(AUTO_ON_OFF)}, got {config.unroll_steps!r}")
+    return config.unroll_steps == "on" or (config.unroll_steps == "auto" and jax.default_backend() == "cpu")
 
 
 def compiler_options(config: ml_collections.ConfigDict) -> dict[str, str] | None:
@@ -177,6 +185,43 @@ def configure_cpu_devices(count: int) -> bool:
     return True
 
 
+def configure_xla_flags(extra: str) -> bool:
+    """Append ``extra`` (e.g. ``"--xla_gpu_enable_command_buffer=+CONVOLUTION"``) to ``$XLA_FLAGS``.
+
+    XLA reads ``$XLA_FLAGS`` once, when JAX starts its backends: ``train.py`` and the benchmark call
+    this first thing (an unknown flag then stops the process with XLA's own message). Returns whether
+    the flags take effect (False when JAX had already started; nothing is changed then).
+    """
+    if not extra.strip():
+        return True
+    if _backends_started():
+        return False
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra.strip()}".strip()
+    return True
+
+
+def _backends_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+        return xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # private API gone: assume started, never claim flags took effect
+        return True
+
+
+def configure_runtime(config: ml_collections.ConfigDict) -> list[str]:
+    """Apply the fields that must be set before JAX starts (``xla_flags``, ``cpu_devices``); returns a
+    warning for each one that could not be applied because JAX had already started."""
+    warnings = []
+    if not configure_xla_flags(config.xla_flags):
+        warnings.append(f"xla_flags={config.xla_flags!r} not applied: JAX had already started (set them "
+                        f"before JAX runs anything, e.g. via train.py, or in $XLA_FLAGS)")
+    if not configure_cpu_devices(config.cpu_devices) and jax.default_backend() == "cpu":
+        warnings.append(f"cpu_devices={config.cpu_devices} not applied: JAX had already started with "
+                        f"{len(jax.devices('cpu'))} CPU device(s) (set it before JAX runs anything, e.g. via "
+                        f"train.py)")
+    return warnings
+
+
 def make_mesh(devices: list | None = None) -> Mesh:
     """A 1-D mesh, axis ``data``, over ``devices`` (default: every device of every process)."""
     return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
@@ -188,9 +233,9 @@ def put_replicated(array: np.ndarray, mesh: Mesh) -> Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
 
 
-def put_batch(array: np.ndarray, mesh: Mesh) -> Array:
-    """A global host array (identical on every process) sharded along its first axis over ``data``."""
-    sharding = NamedSharding(mesh, P("data"))
+def put_batch(array: np.ndarray, mesh: Mesh, axis: int = 0) -> Array:
+    """A global host array (identical on every process) sharded along ``axis`` over ``data``."""
+    sharding = NamedSharding(mesh, P(*(None,) * axis, "data"))
     return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
 
 
@@ -216,13 +261,9 @@ def cross_entropy(logits: Array, labels: Array, num_classes: int, label_smoothin
     return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                    mesh: Mesh) -> Callable:
-    """``step(state, images, labels, batch_idx, ede, key) -> (state, TrainMetrics)``, jitted.
-
-    ``images: [N, H, W, C] uint8`` and ``labels: [N]`` are the device-resident training set,
-    ``batch_idx: [B] int32`` (sharded over ``data``) selects the batch, ``ede`` holds (k, t).
-    """
+def _train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                   mesh: Mesh) -> Callable:
+    """The pure (not jitted) train step of ``make_train_step``."""
     info = data_lib.get_dataset_info(config.dataset)
     dtype = compute_dtype(config)
     batch_sharding = NamedSharding(mesh, P("data"))
@@ -248,10 +289,63 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, co
         new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
         return new_state, TrainMetrics.single_from_model_output(loss=loss, accuracy=accuracy)
 
+    return step
+
+
+def _jit_step(fn: Callable, config: ml_collections.ConfigDict, mesh: Mesh, batch_spec: P) -> Callable:
+    """``fn(state, images, labels, batch_idx, ede, key)`` jitted: state donated, ``batch_idx`` sharded
+    as ``batch_spec``, everything else replicated."""
     replicated = NamedSharding(mesh, P())
-    return jax.jit(step, in_shardings=(replicated, replicated, replicated, batch_sharding, replicated, replicated),
+    return jax.jit(fn, in_shardings=(replicated, replicated, replicated, NamedSharding(mesh, batch_spec),
+                                     replicated, replicated),
                    out_shardings=(replicated, replicated), donate_argnums=(0,),
                    compiler_options=compiler_options(config))
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                    mesh: Mesh) -> Callable:
+    """``step(state, images, labels, batch_idx, ede, key) -> (state, TrainMetrics)``, jitted.
+
+    ``images: [N, H, W, C] uint8`` and ``labels: [N]`` are the device-resident training set,
+    ``batch_idx: [B] int32`` (sharded over ``data``) selects the batch, ``ede`` holds (k, t).
+    """
+    return _jit_step(_train_step_fn(graphdef, tx, config, mesh), config, mesh, P("data"))
+
+
+def make_multi_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                    mesh: Mesh) -> Callable:
+    """``steps(state, images, labels, batch_idx, ede, key) -> (state, TrainMetrics)``, jitted: ``S``
+    consecutive train steps in one call, ``S = batch_idx.shape[0]``.
+
+    ``batch_idx: [S, B] int32`` (``B`` sharded over ``data``), ``ede``: ``EstimatorParams`` of ``[S]``
+    arrays (step ``s`` uses row ``s``). The same computation as S calls of ``make_train_step``'s step
+    (augmentation keys, learning rates and EDE follow ``state.step``); the metrics cover all S steps
+    (their ``Average`` totals and counts add). The host then dispatches once per S steps, which matters
+    where a step is too short to hide the host's per-call work (small nets on GPU/TPU). S = 1 runs the
+    step as is; S > 1 a ``lax.scan`` over the steps, unrolled per ``use_unrolled_steps`` (a longer
+    program to compile). Each distinct S compiles once.
+    """
+    step = _train_step_fn(graphdef, tx, config, mesh)
+    unroll = use_unrolled_steps(config)
+
+    def steps(state: TrainState, images: Array, labels: Array, batch_idx: Array, ede: bz.EstimatorParams,
+              key: Array) -> tuple[TrainState, TrainMetrics]:
+        if batch_idx.shape[0] == 1:
+            return step(state, images, labels, batch_idx[0], jax.tree.map(lambda a: a[0], ede), key)
+
+        def body(state, per_step):
+            idx, ede_s = per_step
+            return step(state, images, labels, idx, ede_s, key)
+
+        state, metrics = jax.lax.scan(body, state, (batch_idx, ede), unroll=unroll)
+        return state, jax.tree.map(lambda a: jnp.sum(a, axis=0), metrics)
+
+    return _jit_step(steps, config, mesh, P(None, "data"))
+
+
+def stack_estimator_params(params: list[bz.EstimatorParams]) -> bz.EstimatorParams:
+    """Per-step ``(k, t)`` scalars stacked into ``[S]`` float32 arrays (host-side), for ``make_multi_step``."""
+    return bz.EstimatorParams(*(np.asarray(field, np.float32) for field in zip(*params)))
 
 
 def eval_graphdef(graphdef: nnx.GraphDef, state: TrainState) -> nnx.GraphDef:
@@ -325,6 +419,9 @@ def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
     if config.batch_size % n_devices or config.eval_batch_size % n_devices:
         raise ValueError(f"batch_size={config.batch_size} and eval_batch_size={config.eval_batch_size} must be "
                          f"multiples of the device count {n_devices}")
+    use_unrolled_steps(config)
+    if config.steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {list(OPTIMIZERS)}")
     bz.get_estimator(config.estimator)
@@ -367,7 +464,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     t_start = time.time()
     quiet_orbax_logs()
-    cpu_devices_applied = configure_cpu_devices(config.cpu_devices)
+    runtime_warnings = configure_runtime(config)
     mesh = make_mesh()
     _validate(config, mesh.size)
 
@@ -405,15 +502,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = MetricWriter(workdir)
     writer.log(f"devices: {mesh.size} x {jax.devices()[0].platform} ({jax.process_count()} process(es)); "
                f"train {n_train}, validation {len(splits['validation'].labels)}, test {len(splits['test'].labels)}")
-    if not cpu_devices_applied and jax.default_backend() == "cpu":
-        writer.log(f"cpu_devices={config.cpu_devices} not applied: JAX had already started with "
-                   f"{len(jax.devices('cpu'))} CPU device(s) (set it before JAX runs anything, e.g. via train.py)")
+    for warning in runtime_warnings:
+        writer.log(warning)
     writer.log(format_summary(summarize(build_model(config, nnx.Rngs(0)), model_input_shape(config)),
                               f"{config.model} on {config.dataset}"))
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         f.write(config.to_json(indent=2))
 
-    train_step = make_train_step(graphdef, tx, config, mesh)
+    train_steps = make_multi_step(graphdef, tx, config, mesh)
     eval_step = make_eval_step(graphdef_eval, config, mesh)
     val_split = _device_split(splits["validation"], mesh)
     test_split = _device_split(splits["test"], mesh)
@@ -424,6 +520,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     step = int(state.step)
     start_step = step
+    timed_from_step = None  # the step after the first call: compilation is excluded from throughput
     best_val = meta_best
     last_val: float | None = None
     train_seconds, train_steps_timed = 0.0, 0
@@ -445,35 +542,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             epoch = step // steps_per_epoch
             order = data_lib.epoch_permutation(n_train, config.seed, epoch)
             t_epoch = time.time()
-            for i in range(step % steps_per_epoch, steps_per_epoch):
-                if step >= total_steps or preemption.requested:
-                    break
-                idx = put_batch(order[i * config.batch_size:(i + 1) * config.batch_size], mesh)
-                ede = estimator_params(config, step, steps_per_epoch)
-                state, m = train_step(state, train_images, train_labels, idx, ede, base_key)
+            epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
+            while step < epoch_end and not preemption.requested:
+                # S steps per call; a call never crosses an epoch's end (its checkpoint and evaluation).
+                n_steps = min(config.steps_per_call, epoch_end - step)
+                first = step % steps_per_epoch
+                idx = put_batch(order[first * config.batch_size:(first + n_steps) * config.batch_size]
+                                .reshape(n_steps, config.batch_size), mesh, axis=1)
+                ede = stack_estimator_params([estimator_params(config, s, steps_per_epoch)
+                                              for s in range(step, step + n_steps)])
+                state, m = train_steps(state, train_images, train_labels, idx, ede, base_key)
                 accumulated = m if accumulated is None else merge_metrics(accumulated, m)
-                step += 1
+                previous, step = step, step + n_steps
                 in_flight.add(m)  # the metrics, not the state: that is donated to the next step
-                if step == start_step + 1:  # exclude compilation from throughput
+                if timed_from_step is None:
                     jax.block_until_ready(state.step)
+                    timed_from_step = step
                     t_epoch, t_log, step_log = time.time(), time.time(), step
-                if step % config.log_every_steps == 0 or step == total_steps:
+                if step // config.log_every_steps > previous // config.log_every_steps or step == total_steps:
                     values = {k: float(v) for k, v in compute_metrics(accumulated).items()}
                     accumulated = None
                     now = time.time()
                     rate = (step - step_log) / max(now - t_log, 1e-9)
                     t_log, step_log = now, step
                     lr = float(schedule(step - 1))
+                    t_w, k_w = float(ede.t_w[-1]), float(ede.k_w[-1])
                     writer.write(step, {"train_loss": values["loss"], "train_accuracy": values["accuracy"],
-                                        "learning_rate": lr, "ede_t": float(ede.t_w), "ede_k": float(ede.k_w),
+                                        "learning_rate": lr, "ede_t": t_w, "ede_k": k_w,
                                         "steps_per_second": rate, "images_per_second": rate * config.batch_size})
                     eta = (total_steps - step) / max(rate, 1e-9)
                     writer.log(f"epoch {step / steps_per_epoch:7.2f}  step {step:7d}/{total_steps}  "
                                f"loss {values['loss']:.4f}  acc {values['accuracy']:.4f}  lr {lr:.3e}  "
-                               f"t {float(ede.t_w):.3e}  k {float(ede.k_w):.3e}  {rate:6.2f} steps/s  "
+                               f"t {t_w:.3e}  k {k_w:.3e}  {rate:6.2f} steps/s  "
                                f"{rate * config.batch_size:8.1f} img/s  ETA {_hms(eta)}")
             jax.block_until_ready(state.step)
-            timed_steps = step - max(start_step + 1, epoch * steps_per_epoch)
+            timed_steps = step - max(timed_from_step or step, epoch * steps_per_epoch)
             if timed_steps > 0:
                 train_seconds += time.time() - t_epoch
                 train_steps_timed += timed_steps

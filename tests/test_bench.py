@@ -9,7 +9,7 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIELDS = {"model", "binary", "dtype", "batch_size", "train_images_per_second", "eval_images_per_second",
           "compile_seconds", "backend", "device_count", "peak_host_mb", "peak_device_mb", "eval_batch_size",
-          "train_images_per_second_pipelined"}
+          "train_images_per_second_pipelined", "steps_per_call", "unroll_steps", "xla_flags"}
 
 
 def test_bench_cli_tiny_mode(tmp_path):
@@ -28,6 +28,21 @@ def test_bench_cli_tiny_mode(tmp_path):
         assert row["train_images_per_second"] > 0 and row["eval_images_per_second"] > 0
         assert row["train_images_per_second_pipelined"] > 0
     assert "comparable only within one run on one machine" in r.stdout
+
+
+def test_bench_steps_per_call_rows(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    r = subprocess.run([sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py", "--binary=true",
+                        "--dtypes=float32", "--batch_size=8", "--eval_batch_size=8", "--steps=2", "--warmup=1",
+                        "--steps_per_call=1,3", f"--output={out}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [row["steps_per_call"] for row in rows] == [1, 3]
+    assert all(FIELDS <= set(row) and row["train_images_per_second"] > 0 for row in rows)
+    assert rows[1]["unroll_steps"] is True  # "auto" on CPU
+    bad = subprocess.run([sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py",
+                          "--steps_per_call=0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--steps_per_call=[0] must be positive" in bad.stderr
 
 
 def test_bench_rejects_mismatched_batch_lists():

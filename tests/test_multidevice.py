@@ -40,7 +40,24 @@ def test_cpu_devices_config_splits_the_cpu(tfds_dir, tmp_path):
     assert "devices: 2 x cpu" in (workdir / "train.log").read_text()
 
 
-def test_cpu_devices_after_jax_started_is_not_applied():
+def test_xla_flags_reach_xla_and_multi_step_calls_run_on_two_devices(tfds_dir, tmp_path):
+    """``--config.xla_flags`` is appended to $XLA_FLAGS before JAX starts: here it alone makes the 2 CPU
+    devices (``cpu_devices=0``); the run then trains 4 steps per call, each call's [4, B] batch indices
+    sharded over both devices."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["TFDS_DATA_DIR"] = tfds_dir
+    workdir = tmp_path / "w"
+    r = subprocess.run([sys.executable, "train.py", "--config", "configs/smoke.py", "--workdir", str(workdir),
+                        "--config.cpu_devices=0", "--config.xla_flags=--xla_force_host_platform_device_count=2",
+                        "--config.steps_per_call=4", "--config.num_train_steps=40", "--config.log_every_steps=10",
+                        "--config.eval_batch_size=1000"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["device_count"] == 2 and summary["steps"] == 40, summary
+    assert summary["final_test_accuracy"] > 0.5, summary  # chance: 0.1
+
+
+def test_runtime_settings_after_jax_started_are_not_applied():
     import jax
 
     from irnet_jax import trainer
@@ -49,3 +66,5 @@ def test_cpu_devices_after_jax_started_is_not_applied():
     have = len(jax.devices("cpu"))
     assert trainer.configure_cpu_devices(have) and trainer.configure_cpu_devices(0)
     assert not trainer.configure_cpu_devices(have + 1)
+    assert trainer.configure_xla_flags("") and not trainer.configure_xla_flags("--xla_dump_to=/tmp/never")
+    assert "--xla_dump_to=/tmp/never" not in os.environ.get("XLA_FLAGS", "")

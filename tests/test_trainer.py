@@ -145,6 +145,60 @@ def test_sigterm_saves_and_resume_is_exact(tfds_dir, tmp_path):
     assert_same_state(final_state(config, straight), final_state(config, workdir))
 
 
+def max_abs_diff(a, b) -> float:
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("unroll", ["on", "off"])
+def test_multi_step_call_equals_single_steps(tfds_dir, unroll):
+    """S steps in one call (lax.scan, rolled or unrolled) = S calls of the single step: the same batches,
+    augmentation keys, learning rates and per-step EDE (k, t); metrics over all S steps."""
+    config = tiny_config(tfds_dir, batch_size=32, unroll_steps=unroll)
+    mesh = trainer.make_mesh()
+    tx = trainer.make_optimizer(config, trainer.learning_rate_schedule(config, 4))
+    rng = np.random.default_rng(0)
+    images = trainer.put_replicated(rng.integers(0, 256, (256, 28, 28, 1), np.uint8), mesh)
+    labels = trainer.put_replicated(rng.integers(0, 10, (256,), np.int32), mesh)
+    order = rng.permutation(256).astype(np.int32)[:128].reshape(4, 32)
+    edes = [trainer.estimator_params(config, 4 * i, 4) for i in range(4)]  # (k, t) differ per step
+    assert len({float(e.t_w) for e in edes}) > 1
+    key = jax.random.key(3)
+
+    graphdef, single = trainer.init_train_state(config, tx, mesh)
+    step = trainer.make_train_step(graphdef, tx, config, mesh)
+    losses = []
+    for i in range(4):
+        single, m = step(single, images, labels, trainer.put_batch(order[i], mesh), edes[i], key)
+        losses.append(float(m.compute()["loss"]))
+    _, multi = trainer.init_train_state(config, tx, mesh)
+    multi, m = trainer.make_multi_step(graphdef, tx, config, mesh)(
+        multi, images, labels, trainer.put_batch(order, mesh, axis=1), trainer.stack_estimator_params(edes), key)
+    assert int(multi.step) == int(single.step) == 4
+    assert int(m.loss.count) == 4 and float(m.compute()["loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
+    # Only float summation order may differ (fusions inside the loop body); a wrong batch, key or EDE
+    # row moves parameters by >= 1e-2.
+    assert max_abs_diff(single.params, multi.params) < 1e-4
+    assert max_abs_diff(single.batch_stats, multi.batch_stats) < 1e-4
+
+
+def test_steps_per_call_run_matches_single_step_run_and_resumes(tfds_dir, tmp_path):
+    """A run with 5 steps per call (16 steps per epoch: calls of 5, 5, 5, 1) stopped at step 20 and
+    resumed with 3 per call ends where the one-step-per-call run does; logs fall on call boundaries."""
+    straight, multi = str(tmp_path / "straight"), str(tmp_path / "multi")
+    s1 = trainer.train_and_evaluate(tiny_config(tfds_dir), straight)
+    trainer.train_and_evaluate(tiny_config(tfds_dir, steps_per_call=5, num_train_steps=20), multi)
+    assert ckpt.find_step(multi, "latest") == 20
+    s2 = trainer.train_and_evaluate(tiny_config(tfds_dir, steps_per_call=3, resume_dir=multi), multi)
+    assert s1["steps"] == s2["steps"] == 32
+    config = tiny_config(tfds_dir)
+    assert max_abs_diff(final_state(config, straight).params, final_state(config, multi).params) < 1e-3
+    assert s2["final_test_accuracy"] == pytest.approx(s1["final_test_accuracy"], abs=0.01)
+    logged = [json.loads(l)["step"] for l in open(os.path.join(multi, "metrics.jsonl")) if "train_loss" in l]
+    # log_every_steps=8: the first call ending at or after each multiple of 8, and every run's last step.
+    assert logged == [10, 16, 20, 26, 32], logged
+
+
 def test_train_step_does_not_recompile_when_lr_and_ede_change(tfds_dir):
     config = tiny_config(tfds_dir)
     mesh = trainer.make_mesh()
@@ -184,6 +238,8 @@ def test_unknown_config_field_is_rejected(tmp_path):
     ("estimator", "approx", r"unknown estimator 'approx'; valid: \['ede', 'ie', 'ste'\]"),
     ("augment", "mixup", r"unknown augment 'mixup'; valid: \['default', 'none', 'crop', 'crop_flip'\]"),
     ("crop_padding", -2, r"crop_padding must be >= 0, got -2"),
+    ("steps_per_call", 0, r"steps_per_call must be >= 1, got 0"),
+    ("unroll_steps", "yes", r"unroll_steps must be one of \['auto', 'on', 'off'\], got 'yes'"),
 ])
 def test_unknown_names_list_valid_ones(tfds_dir, tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
