@@ -519,7 +519,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     uninstall = preemption.install()
 
     step = int(state.step)
-    start_step = step
     timed_from_step = None  # the step after the first call: compilation is excluded from throughput
     best_val = meta_best
     last_val: float | None = None
