@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # GPU check for irnet_jax: install, run the tests that matter on a GPU, benchmark VGG-Small and
-# ResNet-20 (1w1a at batch 128/256/512, full precision at 512; bfloat16), trace ResNet-20's batch-128
-# step. Results go to OUT_DIR: devices.txt, tests.txt, bench.jsonl (one JSON row per configuration),
-# bench.txt (tables), trace.jsonl + trace/ (the profiled row and its profiler files).
+# ResNet-20 (1w1a at batch 128/256/512, full precision at 512; bfloat16), try what could lift
+# ResNet-20's launch-bound batch-128 step (CUDA-graph coverage, steps per call), trace that step.
+# Results go to OUT_DIR: devices.txt, tests.txt, bench.jsonl (one JSON row per configuration),
+# bench.txt (tables), ablation.jsonl + ablation.txt, trace.jsonl + trace/ (the profiled row and its
+# profiler files).
 #
 #   bash bench/gpu_check.sh [OUT_DIR]          # from the repository root, on a fresh GPU machine
+#
+# STAGES (default "ablation,rows,trace,fp,tests") picks and orders the stages: ablation = ResNet-20
+# 1w1a bf16 batch 128 under XLA command-buffer variants x steps per call; rows = 1w1a rows of both
+# nets at BATCHES; trace = profiler trace of ResNet-20's batch-128 step; fp = full-precision rows
+# (cost of binarization); tests = the GPU tests.
 #
 # Install: a machine whose python3 already has CUDA JAX keeps it (pip does not replace a JAX that
 # satisfies jax>=0.6); otherwise `jax[cuda12]` is installed. On an offline machine, put wheels of
@@ -12,7 +19,8 @@
 # tensorboardX; optionally optax and orbax-checkpoint to match the tested versions): they are
 # installed from there with --no-index and take precedence over the machine's own. Keep the
 # machine's flax: it must match its JAX (flax 0.12.8 does not import on JAX 0.11.2).
-# Environment: STAGE_SECONDS (cap per stage; FP_STAGE_SECONDS, TRACE_STAGE_SECONDS, TEST_STAGE_SECONDS for those stages), BATCHES, STEPS; ALLOW_CPU=1 runs it without a GPU (to
+# Environment: STAGE_SECONDS (cap per stage; FP_STAGE_SECONDS, TRACE_STAGE_SECONDS, TEST_STAGE_SECONDS for those
+# stages, ABLATION_SECONDS per ablation variant; ABLATION_CONFIG), BATCHES, STEPS; ALLOW_CPU=1 runs it without a GPU (to
 # check the script itself). No dataset is needed: the benchmark streams synthetic uint8 images of CIFAR-10's shape.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,9 +57,11 @@ bench() {  # bench CONFIG BINARY BATCHES [SECONDS]
     2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt" || echo "BENCH $1 binary=$2 STOPPED" | tee -a "$OUT/bench.txt"
 }
 BATCHES=${BATCHES:-128,256,512}
-bench configs/vgg_small_cifar10.py true "$BATCHES"
-bench configs/resnet20_cifar10.py true "$BATCHES"
-python3 - "$OUT/bench.jsonl" <<'PY' 2>&1 | tee -a "$OUT/bench.txt" || true
+
+stage_rows() {
+  bench configs/vgg_small_cifar10.py true "$BATCHES"
+  bench configs/resnet20_cifar10.py true "$BATCHES"
+  python3 - "$OUT/bench.jsonl" <<'PY' 2>&1 | tee -a "$OUT/bench.txt" || true
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 goals = {"vgg_small": 25000, "resnet20": 40000}
@@ -62,19 +72,61 @@ for r in rows:
               f"({r.get('train_images_per_second_pipelined', 0):.0f} pipelined; goal {goals[r['model']]}), "
               f"200 epochs ~ {200 * epoch_s / 60:.1f} min")
 PY
+}
+
+# ResNet-20's batch-128 step is launch-bound (BENCHMARKS.md: ~2.8 ms of its 3.6 ms do not scale with the
+# batch). XLA records runs of kernels into CUDA graphs ("command buffers"), but by default not
+# convolutions (CONVOLUTION) nor while loops (WHILE), so each of the step's ~60 convolutions splits the
+# graphs. One process per variant (XLA reads its flags at start; a flag this XLA does not know stops only
+# that variant), via the config's xla_flags; steps_per_call=8 runs 8 steps per device call (lax.scan).
+ablate() {  # ablate NAME XLA_FLAGS STEPS_PER_CALL
+  echo "== ablation $1: xla_flags='$2' steps_per_call=$3" | tee -a "$OUT/ablation.txt"
+  timeout "${ABLATION_SECONDS:-75}" python3 -m irnet_jax.bench --config "${ABLATION_CONFIG:-configs/resnet20_cifar10.py}" \
+    --config.xla_flags="$2" --binary=true --dtypes=bfloat16 --batch_size=128 --eval_batch_size=128 \
+    --steps="${STEPS:-30}" --warmup=5 --steps_per_call="$3" --output="$OUT/ablation.jsonl" 2>&1 \
+    | grep -v '^{' | tail -n 5 | tee -a "$OUT/ablation.txt" || echo "ABLATION $1 STOPPED" | tee -a "$OUT/ablation.txt"
+}
+stage_ablation() {
+  ablate default "" 1,8
+  ablate conv_graphs "--xla_gpu_enable_command_buffer=+CONVOLUTION" 1,8
+  ablate conv_while_graphs "--xla_gpu_enable_command_buffer=+CONVOLUTION,+WHILE" 8
+  ablate no_graphs "--xla_gpu_enable_command_buffer=" 1
+  python3 - "$OUT/ablation.jsonl" <<'PY' 2>&1 | tee -a "$OUT/ablation.txt" || true
+import json, sys
+print(f"{'xla_flags':<58} {'steps/call':>10} {'train img/s':>11} {'pipelined':>10} {'compile s':>9}")
+for r in map(json.loads, open(sys.argv[1])):
+    print(f"{r['xla_flags'][-58:]:<58} {r['steps_per_call']:>10} {r['train_images_per_second']:>11.0f} "
+          f"{r['train_images_per_second_pipelined']:>10.0f} {r['compile_seconds']:>9.1f}")
+PY
+}
 
 # Where ResNet-20's batch-128 step goes: a profiler trace of a few back-to-back steps (TensorBoard /
 # Perfetto files under trace/), kernel events and kernel time per step in trace.jsonl. Kernel time
-# well below the step time means a launch- or host-bound step.
-timeout "${TRACE_STAGE_SECONDS:-$STAGE}" python3 -m irnet_jax.bench --config configs/resnet20_cifar10.py --binary=true \
-  --dtypes=bfloat16 --batch_size=128 --eval_batch_size=128 --steps="${STEPS:-30}" --warmup=5 \
-  --trace_dir="$OUT/trace" --trace_steps=5 --output="$OUT/trace.jsonl" 2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt" \
-  || echo "TRACE STOPPED" | tee -a "$OUT/bench.txt"
+# well below the step time means a launch- or host-bound step. (While profiling, XLA runs kernels one
+# by one, without its CUDA graphs, unless --xla_enable_command_buffers_during_profiling=true.)
+stage_trace() {
+  timeout "${TRACE_STAGE_SECONDS:-$STAGE}" python3 -m irnet_jax.bench --config configs/resnet20_cifar10.py --binary=true \
+    --dtypes=bfloat16 --batch_size=128 --eval_batch_size=128 --steps="${STEPS:-30}" --warmup=5 \
+    --trace_dir="$OUT/trace" --trace_steps=5 --output="$OUT/trace.jsonl" 2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt" \
+    || echo "TRACE STOPPED" | tee -a "$OUT/bench.txt"
+}
 
 # The cost of binarization on the GPU: full-precision rows, same harness.
-bench configs/vgg_small_cifar10.py false "${BATCHES##*,}" "${FP_STAGE_SECONDS:-$STAGE}"
-bench configs/resnet20_cifar10.py false "${BATCHES##*,}" "${FP_STAGE_SECONDS:-$STAGE}"
+stage_fp() {
+  bench configs/vgg_small_cifar10.py false "${BATCHES##*,}" "${FP_STAGE_SECONDS:-$STAGE}"
+  bench configs/resnet20_cifar10.py false "${BATCHES##*,}" "${FP_STAGE_SECONDS:-$STAGE}"
+}
 
 # Numerics and every topology forward/backward in f32 and bf16 on the GPU; the benchmark harness.
-timeout "${TEST_STAGE_SECONDS:-$STAGE}" python3 -m pytest -q -p no:cacheprovider tests/test_binarization.py tests/test_models.py \
-  tests/test_bench.py 2>&1 | tee "$OUT/tests.txt" || echo "TESTS FAILED OR STOPPED" | tee -a "$OUT/tests.txt"
+stage_tests() {
+  timeout "${TEST_STAGE_SECONDS:-$STAGE}" python3 -m pytest -q -p no:cacheprovider tests/test_binarization.py \
+    tests/test_models.py tests/test_bench.py 2>&1 | tee "$OUT/tests.txt" || echo "TESTS FAILED OR STOPPED" | tee -a "$OUT/tests.txt"
+}
+
+IFS=',' read -ra stages <<< "${STAGES:-ablation,rows,trace,fp,tests}"
+for stage in "${stages[@]}"; do
+  case "$stage" in
+    ablation|rows|trace|fp|tests) "stage_$stage" ;;
+    *) echo "unknown stage '$stage'; valid: ablation, rows, trace, fp, tests" >&2; exit 2 ;;
+  esac
+done
