@@ -72,11 +72,12 @@ def get_config() -> ml_collections.ConfigDict:
     # at most timing.MAX_IN_FLIGHT steps dispatched: unbounded run-ahead deadlocked 2 devices.)
     config.cpu_devices = 2
     # Train steps per device call (one jitted lax.scan over S batches): the host dispatches once per S
-    # steps, for steps too short to hide its per-call work (small nets at small batches on GPU/TPU).
+    # steps, and the device's per-call costs are shared (on CPU, XLA maps fresh temporary memory every
+    # call: ResNet-20 trains 1.25-1.46x faster with 4, BENCHMARKS.md). -1 = auto: 4 on CPU, 1 on GPU/TPU.
     # The same computation as S single steps; logs, evaluations and checkpoints fall on call boundaries
     # (a call never crosses an epoch's end). unroll_steps: "auto" unrolls that loop on CPU only (XLA:CPU
     # runs a loop body's convolutions ~10x slower, BENCHMARKS.md); "on" / "off" force it.
-    config.steps_per_call = 1
+    config.steps_per_call = -1
     config.unroll_steps = "auto"
     # Extra XLA flags, appended to $XLA_FLAGS before JAX starts (train.py and the benchmark apply them),
     # e.g. "--xla_gpu_enable_command_buffer=+CONVOLUTION" (convolutions inside the step's CUDA graphs).

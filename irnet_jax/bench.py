@@ -46,8 +46,8 @@ flags.DEFINE_string("output", "", "Append the JSON lines to this file too.")
 flags.DEFINE_string("trace_dir", "", "Also trace --trace_steps back-to-back train steps per row (jax.profiler: "
                     "TensorBoard profile + Perfetto trace) under this directory; the row gets a kernel summary.")
 flags.DEFINE_integer("trace_steps", 5, "Train calls (of --steps_per_call steps) per traced row.")
-flags.DEFINE_list("steps_per_call", ["1"], "Train steps per device call (trainer.make_multi_step); one row per "
-                  "value. The config's unroll_steps applies.")
+flags.DEFINE_list("steps_per_call", [], "Train steps per device call (trainer.make_multi_step); one row per "
+                  "value (default: the config's, resolved as the trainer does). The config's unroll_steps applies.")
 flags.mark_flags_as_required(["config"])
 
 COMPARABILITY_NOTE = "Rows are comparable only within one run on one machine."
@@ -196,7 +196,7 @@ def main(argv):
         pairs = batch_pairs([int(b) for b in FLAGS.batch_size], [int(b) for b in FLAGS.eval_batch_size])
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    steps_per_call = tuple(int(s) for s in FLAGS.steps_per_call)
+    steps_per_call = tuple(int(s) for s in FLAGS.steps_per_call) or (trainer.steps_per_call(FLAGS.config),)
     if min(steps_per_call) < 1:
         raise app.UsageError(f"--steps_per_call={list(steps_per_call)} must be positive")
     run(FLAGS.config, FLAGS.models, [_parse_bool(b) for b in FLAGS.binary], FLAGS.dtypes, pairs, FLAGS.steps,
