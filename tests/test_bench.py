@@ -85,6 +85,8 @@ def test_kernel_summary_reads_the_device_stream_timelines(tmp_path):
         json.dump({"traceEvents": meta + kernels + others}, f)
     s = kernel_summary(str(path), steps=2)  # 3 calls
     assert s["trace_kernel_events_per_step"] == 10 and s["trace_kernel_ms_per_step"] == 0.04
+    per_call_of_5 = kernel_summary(str(path), steps=2, steps_per_call=5)  # 3 calls of 5 train steps
+    assert per_call_of_5["trace_kernel_events_per_step"] == 2 and per_call_of_5["trace_kernel_ms_per_step"] == 0.008
     assert [name for name, _ in s["trace_top_kernels"]] == ["fusion_0", "fusion_1", "fusion_2"]
     assert s["trace_timelines"] == {"/device:GPU:0 Stream #13(Compute)": [10.0, 0.04],
                                     "/device:GPU:0 XLA Ops": [0.3, 0.033]}
