@@ -120,8 +120,8 @@ CPU_STEPS_PER_CALL = 4
 def steps_per_call(config: ml_collections.ConfigDict) -> int:
     """Train steps per device call: ``config.steps_per_call``, or for -1 ("auto") 4 on the CPU backend
     and 1 elsewhere. XLA:CPU maps a fresh temporary buffer for every call (ResNet-20, batch 128: 189 MiB
-    per device, ~97,000 page faults and ~170 ms of kernel time per call); 4 steps share one (ResNet-20
-    trains 1.25-1.46x faster, BENCHMARKS.md). GPU/TPU keep 1 until measured there."""
+    per device, ~97,000 page faults and ~0.17 s of system CPU time per call); 4 steps share one
+    (ResNet-20 trains 1.25-1.46x faster, BENCHMARKS.md). GPU/TPU keep 1 until measured there."""
     if config.steps_per_call == -1:
         return CPU_STEPS_PER_CALL if jax.default_backend() == "cpu" else 1
     if config.steps_per_call < 1:
@@ -335,8 +335,9 @@ def make_multi_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, co
     ``batch_idx: [S, B] int32`` (``B`` sharded over ``data``), ``ede``: ``EstimatorParams`` of ``[S]``
     arrays (step ``s`` uses row ``s``). The same computation as S calls of ``make_train_step``'s step
     (augmentation keys, learning rates and EDE follow ``state.step``); the metrics cover all S steps
-    (their ``Average`` totals and counts add). The host then dispatches once per S steps, which matters
-    where a step is too short to hide the host's per-call work (small nets on GPU/TPU). S = 1 runs the
+    (their ``Average`` totals and counts add). The host then dispatches once per S steps and per-call
+    costs are shared: the host's dispatch (small nets on GPU/TPU), XLA:CPU's fresh temporary memory
+    (``steps_per_call``). The first call of a new S (an epoch's shorter tail) compiles. S = 1 runs the
     step as is; S > 1 a ``lax.scan`` over the steps, unrolled per ``use_unrolled_steps`` (a longer
     program to compile). Each distinct S compiles once.
     """
