@@ -107,11 +107,17 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module
 AUTO_ON_OFF = ("auto", "on", "off")
 
 
+def _on_or_auto_on_cpu(config: ml_collections.ConfigDict, field: str) -> bool:
+    """An ``AUTO_ON_OFF`` field: "on", or "auto" on the CPU backend."""
+    value = config[field]
+    if value not in AUTO_ON_OFF:
+        raise ValueError(f"{field} must be one of {list(AUTO_ON_OFF)}, got {value!r}")
+    return value == "on" or (value == "auto" and jax.default_backend() == "cpu")
+
+
 def use_fusion_barriers(config: ml_collections.ConfigDict) -> bool:
     """Whether the residual stream is materialized (``fusion_barriers``: "auto" = on the CPU backend only)."""
-    if config.fusion_barriers not in AUTO_ON_OFF:
-        raise ValueError(f"fusion_barriers must be one of {list(AUTO_ON_OFF)}, got {config.fusion_barriers!r}")
-    return config.fusion_barriers == "on" or (config.fusion_barriers == "auto" and jax.default_backend() == "cpu")
+    return _on_or_auto_on_cpu(config, "fusion_barriers")
 
 
 CPU_STEPS_PER_CALL = 4
@@ -132,9 +138,7 @@ def steps_per_call(config: ml_collections.ConfigDict) -> int:
 def use_unrolled_steps(config: ml_collections.ConfigDict) -> bool:
     """Whether ``make_multi_step`` unrolls its loop (``unroll_steps``: "auto" = on the CPU backend only,
     where XLA:CPU runs the convolutions of a loop body on a generic path about 10x slower, BENCHMARKS.md)."""
-    if config.unroll_steps not in AUTO_ON_OFF:
-        raise ValueError(f"unroll_steps must be one of {list(AUTO_ON_OFF)}, got {config.unroll_steps!r}")
-    return config.unroll_steps == "on" or (config.unroll_steps == "auto" and jax.default_backend() == "cpu")
+    return _on_or_auto_on_cpu(config, "unroll_steps")
 
 
 def compiler_options(config: ml_collections.ConfigDict) -> dict[str, str] | None:

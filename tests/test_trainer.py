@@ -248,6 +248,7 @@ def test_unknown_config_field_is_rejected(tmp_path):
     ("crop_padding", -2, r"crop_padding must be >= 0, got -2"),
     ("steps_per_call", 0, r"steps_per_call must be >= 1 or -1 \(auto\), got 0"),
     ("unroll_steps", "yes", r"unroll_steps must be one of \['auto', 'on', 'off'\], got 'yes'"),
+    ("fusion_barriers", "always", r"fusion_barriers must be one of \['auto', 'on', 'off'\], got 'always'"),
 ])
 def test_unknown_names_list_valid_ones(tfds_dir, tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
