@@ -24,6 +24,13 @@
 # check the script itself). No dataset is needed: the benchmark streams synthetic uint8 images of CIFAR-10's shape.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+IFS=',' read -ra stages <<< "${STAGES:-ablation,rows,trace,fp,tests}"
+for stage in "${stages[@]}"; do  # check them all before spending device time
+  case "$stage" in
+    ablation|rows|trace|fp|tests) ;;
+    *) echo "unknown stage '$stage' in STAGES; valid: ablation, rows, trace, fp, tests" >&2; exit 2 ;;
+  esac
+done
 OUT=${1:-${OUT:-gpu_check_out}}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -123,10 +130,4 @@ stage_tests() {
     tests/test_models.py tests/test_bench.py 2>&1 | tee "$OUT/tests.txt" || echo "TESTS FAILED OR STOPPED" | tee -a "$OUT/tests.txt"
 }
 
-IFS=',' read -ra stages <<< "${STAGES:-ablation,rows,trace,fp,tests}"
-for stage in "${stages[@]}"; do
-  case "$stage" in
-    ablation|rows|trace|fp|tests) "stage_$stage" ;;
-    *) echo "unknown stage '$stage'; valid: ablation, rows, trace, fp, tests" >&2; exit 2 ;;
-  esac
-done
+for stage in "${stages[@]}"; do "stage_$stage"; done
