@@ -59,7 +59,7 @@ def kernel_summary(trace_path: str, steps: int, steps_per_call: int = 1) -> dict
         kernel_threads = {key for key, name in threads.items() if name.startswith(_CPU_WORKER_THREAD)}
         timelines = {key: threads[key] for key in kernel_threads}
     complete = [e for e in events if e.get("ph") == "X" and "dur" in e and not e["name"].startswith(_CPU_BOOKKEEPING)]
-    calls = (steps + 1) * steps_per_call  # train steps in the trace
+    traced_steps = (steps + 1) * steps_per_call
     per_timeline: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
     by_name: collections.Counter = collections.Counter()
     n_kernels, kernel_us = 0, 0.0
@@ -67,16 +67,16 @@ def kernel_summary(trace_path: str, steps: int, steps_per_call: int = 1) -> dict
         key = (e["pid"], e["tid"])
         if key in timelines:
             totals = per_timeline[f"{processes.get(key[0], key[0])} {timelines[key]}"]
-            totals[0] += 1 / calls
-            totals[1] += e["dur"] / 1e3 / calls
+            totals[0] += 1 / traced_steps
+            totals[1] += e["dur"] / 1e3 / traced_steps
         if key in kernel_threads:
             n_kernels += 1
             kernel_us += e["dur"]
             by_name[e["name"]] += e["dur"]
     return {
         "trace_path": trace_path,
-        "trace_kernel_events_per_step": n_kernels / calls,
-        "trace_kernel_ms_per_step": kernel_us / 1e3 / calls,
-        "trace_top_kernels": [(name, round(us / 1e3 / calls, 3)) for name, us in by_name.most_common(8)],
+        "trace_kernel_events_per_step": n_kernels / traced_steps,
+        "trace_kernel_ms_per_step": kernel_us / 1e3 / traced_steps,
+        "trace_top_kernels": [(name, round(us / 1e3 / traced_steps, 3)) for name, us in by_name.most_common(8)],
         "trace_timelines": {name: [round(n, 1), round(ms, 3)] for name, (n, ms) in sorted(per_timeline.items())},
     }
