@@ -20,7 +20,7 @@
 # installed from there with --no-index and take precedence over the machine's own. Keep the
 # machine's flax: it must match its JAX (flax 0.12.8 does not import on JAX 0.11.2).
 # Environment: STAGE_SECONDS (cap per stage; FP_STAGE_SECONDS, TRACE_STAGE_SECONDS, TEST_STAGE_SECONDS for those
-# stages, ABLATION_SECONDS per ablation variant; ABLATION_CONFIG), BATCHES, STEPS; ALLOW_CPU=1 runs it without a GPU (to
+# stages, ABLATION_SECONDS per ablation variant; ABLATION_CONFIG), BATCHES, STEPS, TESTS, TEST_XLA_FLAGS; ALLOW_CPU=1 runs it without a GPU (to
 # check the script itself). No dataset is needed: the benchmark streams synthetic uint8 images of CIFAR-10's shape.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,10 +86,10 @@ PY
 # convolutions (CONVOLUTION) nor while loops (WHILE), so each of the step's ~60 convolutions splits the
 # graphs. One process per variant (XLA reads its flags at start; a flag this XLA does not know stops only
 # that variant), via the config's xla_flags; steps_per_call=8 runs 8 steps per device call (lax.scan).
-ablate() {  # ablate NAME XLA_FLAGS STEPS_PER_CALL
-  echo "== ablation $1: xla_flags='$2' steps_per_call=$3" | tee -a "$OUT/ablation.txt"
+ablate() {  # ablate NAME XLA_FLAGS STEPS_PER_CALL [UNROLL_STEPS]
+  echo "== ablation $1: xla_flags='$2' steps_per_call=$3 unroll_steps=${4:-auto}" | tee -a "$OUT/ablation.txt"
   timeout "${ABLATION_SECONDS:-75}" python3 -m irnet_jax.bench --config "${ABLATION_CONFIG:-configs/resnet20_cifar10.py}" \
-    --config.xla_flags="$2" --binary=true --dtypes=bfloat16 --batch_size=128 --eval_batch_size=128 \
+    --config.xla_flags="$2" --config.unroll_steps="${4:-auto}" --binary=true --dtypes=bfloat16 --batch_size=128 --eval_batch_size=128 \
     --steps="${STEPS:-30}" --warmup=5 --steps_per_call="$3" --output="$OUT/ablation.jsonl" 2>&1 \
     | grep -v '^{' | tail -n 5 | tee -a "$OUT/ablation.txt" || echo "ABLATION $1 STOPPED" | tee -a "$OUT/ablation.txt"
 }
@@ -97,12 +97,13 @@ stage_ablation() {
   ablate default "" 1,8
   ablate conv_graphs "--xla_gpu_enable_command_buffer=+CONVOLUTION" 1,8
   ablate conv_while_graphs "--xla_gpu_enable_command_buffer=+CONVOLUTION,+WHILE" 8
+  ablate conv_graphs_unrolled "--xla_gpu_enable_command_buffer=+CONVOLUTION" 8 on
   ablate no_graphs "--xla_gpu_enable_command_buffer=" 1
   python3 - "$OUT/ablation.jsonl" <<'PY' 2>&1 | tee -a "$OUT/ablation.txt" || true
 import json, sys
-print(f"{'xla_flags':<58} {'steps/call':>10} {'train img/s':>11} {'pipelined':>10} {'compile s':>9}")
+print(f"{'xla_flags':<58} {'steps/call':>10} {'unrolled':>8} {'train img/s':>11} {'pipelined':>10} {'compile s':>9}")
 for r in map(json.loads, open(sys.argv[1])):
-    print(f"{r['xla_flags'][-58:]:<58} {r['steps_per_call']:>10} {r['train_images_per_second']:>11.0f} "
+    print(f"{r['xla_flags'][-58:]:<58} {r['steps_per_call']:>10} {str(r['unroll_steps']):>8} {r['train_images_per_second']:>11.0f} "
           f"{r['train_images_per_second_pipelined']:>10.0f} {r['compile_seconds']:>9.1f}")
 PY
 }
@@ -124,10 +125,18 @@ stage_fp() {
   bench configs/resnet20_cifar10.py false "${BATCHES##*,}" "${FP_STAGE_SECONDS:-$STAGE}"
 }
 
-# Numerics and every topology forward/backward in f32 and bf16 on the GPU; the benchmark harness.
+# Numerics and every topology forward/backward in f32 and bf16 on the GPU; the benchmark harness; S steps in
+# one call = S single steps, and no recompilation when lr and EDE (k, t) change. TESTS overrides the list;
+# TEST_XLA_FLAGS runs them under extra XLA flags (e.g. a command-buffer setting). The trainer tests named here
+# use synthetic arrays: with no prepared data on the machine, TFDS_DATA_DIR points at an empty placeholder.
 stage_tests() {
-  timeout "${TEST_STAGE_SECONDS:-$STAGE}" python3 -m pytest -q -p no:cacheprovider tests/test_binarization.py \
-    tests/test_models.py tests/test_bench.py 2>&1 | tee "$OUT/tests.txt" || echo "TESTS FAILED OR STOPPED" | tee -a "$OUT/tests.txt"
+  local data="${TFDS_DATA_DIR:-../shared/data/tensorflow_datasets}"
+  [ -d "$data/mnist" ] || { data=/tmp/irnet_no_data; mkdir -p "$data/mnist"; }
+  TFDS_DATA_DIR="$data" XLA_FLAGS="${XLA_FLAGS:-} ${TEST_XLA_FLAGS:-}" timeout "${TEST_STAGE_SECONDS:-$STAGE}" \
+    python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_trainer.py::test_multi_step_call_equals_single_steps \
+    tests/test_trainer.py::test_train_step_does_not_recompile_when_lr_and_ede_change \
+    tests/test_binarization.py tests/test_models.py tests/test_bench.py} 2>&1 | tee "$OUT/tests.txt" \
+    || echo "TESTS FAILED OR STOPPED" | tee -a "$OUT/tests.txt"
 }
 
 for stage in "${stages[@]}"; do "stage_$stage"; done
