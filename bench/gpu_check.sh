@@ -20,7 +20,8 @@
 # installed from there with --no-index and take precedence over the machine's own. Keep the
 # machine's flax: it must match its JAX (flax 0.12.8 does not import on JAX 0.11.2).
 # Environment: STAGE_SECONDS (cap per stage; FP_STAGE_SECONDS, TRACE_STAGE_SECONDS, TEST_STAGE_SECONDS for those
-# stages, ABLATION_SECONDS per ablation variant; ABLATION_CONFIG), BATCHES, STEPS, TESTS, TEST_XLA_FLAGS; ALLOW_CPU=1 runs it without a GPU (to
+# stages, ABLATION_SECONDS per ablation variant; ABLATION_CONFIG), BATCHES, STEPS,
+# STEPS_PER_CALL (rows: e.g. 1,8; default the config's), TESTS, TEST_XLA_FLAGS; ALLOW_CPU=1 runs it without a GPU (to
 # check the script itself). No dataset is needed: the benchmark streams synthetic uint8 images of CIFAR-10's shape.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +62,7 @@ STAGE=${STAGE_SECONDS:-240}
 bench() {  # bench CONFIG BINARY BATCHES [SECONDS]
   timeout "${4:-$STAGE}" python3 -m irnet_jax.bench --config "$1" --binary="$2" --dtypes=bfloat16 \
     --batch_size="$3" --eval_batch_size="$3" --steps="${STEPS:-30}" --warmup=5 --output="$OUT/bench.jsonl" \
+    ${STEPS_PER_CALL:+--steps_per_call=$STEPS_PER_CALL} \
     2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt" || echo "BENCH $1 binary=$2 STOPPED" | tee -a "$OUT/bench.txt"
 }
 BATCHES=${BATCHES:-128,256,512}
@@ -85,7 +87,8 @@ PY
 # batch). XLA records runs of kernels into CUDA graphs ("command buffers"), but by default not
 # convolutions (CONVOLUTION) nor while loops (WHILE), so each of the step's ~60 convolutions splits the
 # graphs. One process per variant (XLA reads its flags at start; a flag this XLA does not know stops only
-# that variant), via the config's xla_flags; steps_per_call=8 runs 8 steps per device call (lax.scan).
+# that variant), via the config's xla_flags ("" = XLA's defaults; the other stages use the config's "auto");
+# steps_per_call=8 runs 8 steps per device call (lax.scan).
 ablate() {  # ablate NAME XLA_FLAGS STEPS_PER_CALL [UNROLL_STEPS]
   echo "== ablation $1: xla_flags='$2' steps_per_call=$3 unroll_steps=${4:-auto}" | tee -a "$OUT/ablation.txt"
   timeout "${ABLATION_SECONDS:-75}" python3 -m irnet_jax.bench --config "${ABLATION_CONFIG:-configs/resnet20_cifar10.py}" \

@@ -73,15 +73,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.cpu_devices = 2
     # Train steps per device call (one jitted lax.scan over S batches): the host dispatches once per S
     # steps, and the device's per-call costs are shared (on CPU, XLA maps fresh temporary memory every
-    # call: ResNet-20 trains 1.25-1.46x faster with 4, BENCHMARKS.md). -1 = auto: 4 on CPU, 1 on GPU/TPU.
+    # call: ResNet-20 trains 1.25-1.46x faster with 4; on a GPU its launch-bound batch-128 step 1.45x with 8,
+    # BENCHMARKS.md). -1 = auto: 4 on CPU, 8 on GPU, 1 on TPU (not measured there yet).
     # The same computation as S single steps; logs, evaluations and checkpoints fall on call boundaries
     # (a call never crosses an epoch's end). unroll_steps: "auto" unrolls that loop on CPU only (XLA:CPU
     # runs a loop body's convolutions ~10x slower, BENCHMARKS.md); "on" / "off" force it.
     config.steps_per_call = -1
     config.unroll_steps = "auto"
-    # Extra XLA flags, appended to $XLA_FLAGS before JAX starts (train.py and the benchmark apply them),
-    # e.g. "--xla_gpu_enable_command_buffer=+CONVOLUTION" (convolutions inside the step's CUDA graphs).
-    config.xla_flags = ""
+    # Extra XLA flags, added to $XLA_FLAGS before JAX starts (train.py and the benchmark apply them; a flag
+    # that $XLA_FLAGS already sets keeps the environment's value). "auto" = trainer.AUTO_XLA_FLAGS:
+    # "--xla_gpu_enable_command_buffer=+CONVOLUTION" (convolutions inside the step's CUDA graphs: ResNet-20
+    # 1.10-1.24x faster on an H100 with 8 steps per call; ignored off GPUs). "" adds none.
+    config.xla_flags = "auto"
 
     # Logging and checkpoints (operational fields: may differ on resume).
     config.log_every_steps = 100

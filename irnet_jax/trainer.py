@@ -121,15 +121,18 @@ def use_fusion_barriers(config: ml_collections.ConfigDict) -> bool:
 
 
 CPU_STEPS_PER_CALL = 4
+GPU_STEPS_PER_CALL = 8
 
 
 def steps_per_call(config: ml_collections.ConfigDict) -> int:
-    """Train steps per device call: ``config.steps_per_call``, or for -1 ("auto") 4 on the CPU backend
-    and 1 elsewhere. XLA:CPU maps a fresh temporary buffer for every call (ResNet-20, batch 128: 189 MiB
-    per device, ~97,000 page faults and ~0.17 s of system CPU time per call); 4 steps share one
-    (ResNet-20 trains 1.25-1.46x faster, BENCHMARKS.md). GPU/TPU keep 1 until measured there."""
+    """Train steps per device call: ``config.steps_per_call``, or for -1 ("auto") 4 on the CPU backend,
+    8 on GPU and 1 elsewhere (TPU: not measured yet). XLA:CPU maps a fresh temporary buffer for every
+    call (ResNet-20, batch 128: 189 MiB per device, ~97,000 page faults and ~0.17 s of system CPU time
+    per call); 4 steps share one (ResNet-20 trains 1.25-1.46x faster). On a GPU a small net's step is
+    launch-bound (ResNet-20, batch 128, H100: ~600 kernels, 1.9 ms of kernel time in a 3.2-3.6 ms step);
+    8 steps per call train it 1.45x faster, 1.6x with convolutions in the CUDA graphs (BENCHMARKS.md)."""
     if config.steps_per_call == -1:
-        return CPU_STEPS_PER_CALL if jax.default_backend() == "cpu" else 1
+        return {"cpu": CPU_STEPS_PER_CALL, "gpu": GPU_STEPS_PER_CALL}.get(jax.default_backend(), 1)
     if config.steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1 or -1 (auto), got {config.steps_per_call}")
     return config.steps_per_call
@@ -204,19 +207,34 @@ def configure_cpu_devices(count: int) -> bool:
     return True
 
 
+def xla_flag_names(flags: str) -> dict[str, str]:
+    """``{"--name": "--name=value"}`` for each flag of an XLA flag string (the last one of a name wins)."""
+    return {flag.split("=", 1)[0]: flag for flag in flags.split()}
+
+
 def configure_xla_flags(extra: str) -> bool:
-    """Append ``extra`` (e.g. ``"--xla_gpu_enable_command_buffer=+CONVOLUTION"``) to ``$XLA_FLAGS``.
+    """Append ``extra`` (e.g. ``"--xla_gpu_enable_command_buffer=+CONVOLUTION"``) to ``$XLA_FLAGS``;
+    a flag whose name ``$XLA_FLAGS`` already sets keeps the environment's value (see
+    ``xla_flags_overridden``), so the config's defaults never override a user's environment.
 
     XLA reads ``$XLA_FLAGS`` once, when JAX starts its backends: ``train.py`` and the benchmark call
     this first thing (an unknown flag then stops the process with XLA's own message). Returns whether
     the flags take effect (False when JAX had already started; nothing is changed then).
     """
-    if not extra.strip():
+    env = os.environ.get("XLA_FLAGS", "")
+    new = [flag for name, flag in xla_flag_names(extra).items() if name not in xla_flag_names(env)]
+    if not new:  # nothing to add (also when train.py applied them before the trainer is called)
         return True
     if _backends_started():
         return False
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra.strip()}".strip()
+    os.environ["XLA_FLAGS"] = " ".join([env.strip(), *new]).strip()
     return True
+
+
+def xla_flags_overridden(extra: str) -> list[tuple[str, str]]:
+    """(flag of ``extra``, flag of ``$XLA_FLAGS``) for each name the environment sets to another value."""
+    env = xla_flag_names(os.environ.get("XLA_FLAGS", ""))
+    return [(flag, env[name]) for name, flag in xla_flag_names(extra).items() if name in env and env[name] != flag]
 
 
 def _backends_started() -> bool:
@@ -227,11 +245,26 @@ def _backends_started() -> bool:
         return True
 
 
+# XLA flags of ``xla_flags="auto"``: convolutions join the CUDA graphs XLA records ("command buffers";
+# its defaults leave them out, so each of ResNet-20's ~60 convolutions per step split the graphs). With
+# 8 steps per call, ResNet-20 at batch 128 on an H100 trained 1.10x faster (1.24x dispatched back to back,
+# BENCHMARKS.md). A GPU-only flag: the other backends ignore it.
+AUTO_XLA_FLAGS = "--xla_gpu_enable_command_buffer=+CONVOLUTION"
+
+
+def xla_flags(config: ml_collections.ConfigDict) -> str:
+    """The XLA flags a run adds to ``$XLA_FLAGS``: ``config.xla_flags``, ``AUTO_XLA_FLAGS`` for "auto"."""
+    return AUTO_XLA_FLAGS if config.xla_flags == "auto" else config.xla_flags
+
+
 def configure_runtime(config: ml_collections.ConfigDict) -> list[str]:
     """Apply the fields that must be set before JAX starts (``xla_flags``, ``cpu_devices``); returns a
-    warning for each one that could not be applied because JAX had already started."""
-    warnings = []
-    if not configure_xla_flags(config.xla_flags):
+    warning for each one that could not be applied: JAX had already started, or (for flags the config
+    names, not "auto"'s) ``$XLA_FLAGS`` sets another value."""
+    explicit = config.xla_flags != "auto"
+    warnings = [f"xla_flags: {mine} not applied, $XLA_FLAGS sets {theirs}"
+                for mine, theirs in xla_flags_overridden(xla_flags(config)) if explicit]
+    if not configure_xla_flags(xla_flags(config)) and explicit:
         warnings.append(f"xla_flags={config.xla_flags!r} not applied: JAX had already started (set them "
                         f"before JAX runs anything, e.g. via train.py, or in $XLA_FLAGS)")
     if not configure_cpu_devices(config.cpu_devices) and jax.default_backend() == "cpu":
