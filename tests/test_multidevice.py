@@ -68,3 +68,61 @@ def test_runtime_settings_after_jax_started_are_not_applied():
     assert not trainer.configure_cpu_devices(have + 1)
     assert trainer.configure_xla_flags("") and not trainer.configure_xla_flags("--xla_dump_to=/tmp/never")
     assert "--xla_dump_to=/tmp/never" not in os.environ.get("XLA_FLAGS", "")
+
+
+RUNTIME_PROBE = """
+import json, sys
+import jax
+from configs import default
+from irnet_jax import trainer
+config = default.get_config()
+config.cpu_devices = 0
+config.xla_flags = sys.argv[1]
+warnings = trainer.configure_runtime(config)
+print(json.dumps({"devices": len(jax.devices()), "warnings": warnings}))
+"""
+
+
+def run_runtime_probe(xla_flags: str, env_flags: str) -> dict:
+    env = dict(os.environ, XLA_FLAGS=env_flags, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", RUNTIME_PROBE, xla_flags], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_environment_xla_flags_win_over_the_config_and_auto_adds_the_gpu_default():
+    """A flag that $XLA_FLAGS sets keeps the environment's value (a warning names both when the config
+    asked for another); other config flags are added; "auto" adds AUTO_XLA_FLAGS, silently."""
+    out = run_runtime_probe("--xla_force_host_platform_device_count=3", "--xla_force_host_platform_device_count=2")
+    assert out["devices"] == 2, out
+    assert out["warnings"] == ["xla_flags: --xla_force_host_platform_device_count=3 not applied, $XLA_FLAGS sets "
+                               "--xla_force_host_platform_device_count=2"], out
+    out = run_runtime_probe("--xla_force_host_platform_device_count=3", "--xla_cpu_enable_fast_math=false")
+    assert out == {"devices": 3, "warnings": []}, out
+    assert run_runtime_probe("auto", "--xla_gpu_enable_command_buffer=") == {"devices": 1, "warnings": []}
+
+
+def test_xla_flag_helpers_and_auto_values(monkeypatch):
+    import jax
+    from configs import default
+
+    from irnet_jax import trainer
+
+    assert trainer.xla_flag_names("--a=1 --b --a=2") == {"--a": "--a=2", "--b": "--b"}
+    config = default.get_config()
+    config.cpu_devices = 0  # JAX's own count: nothing to warn about besides the XLA flags
+    assert trainer.xla_flags(config) == trainer.AUTO_XLA_FLAGS == "--xla_gpu_enable_command_buffer=+CONVOLUTION"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer= --x=1")
+    assert trainer.xla_flags_overridden("--xla_gpu_enable_command_buffer=+CONVOLUTION --x=1 --y=2") == [
+        ("--xla_gpu_enable_command_buffer=+CONVOLUTION", "--xla_gpu_enable_command_buffer=")]
+    jax.devices()
+    assert trainer.configure_xla_flags("--x=1")  # already in effect: nothing to add, even after JAX started
+    assert trainer.configure_runtime(config) == []  # "auto": a default, no warning when it cannot apply
+    config.xla_flags = "--y=2"
+    assert any("not applied: JAX had already started" in w for w in trainer.configure_runtime(config))
+    config.steps_per_call = -1
+    expected = {"cpu": trainer.CPU_STEPS_PER_CALL, "gpu": trainer.GPU_STEPS_PER_CALL, "tpu": 1}
+    for backend, steps in expected.items():
+        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+        assert trainer.steps_per_call(config) == steps, backend
