@@ -129,7 +129,7 @@ def steps_per_call(config: ml_collections.ConfigDict) -> int:
     8 on GPU and 1 elsewhere (TPU: not measured yet). XLA:CPU maps a fresh temporary buffer for every
     call (ResNet-20, batch 128: 189 MiB per device, ~97,000 page faults and ~0.17 s of system CPU time
     per call); 4 steps share one (ResNet-20 trains 1.25-1.46x faster). On a GPU a small net's step is
-    launch-bound (ResNet-20, batch 128, H100: ~600 kernels, 1.9 ms of kernel time in a 3.2-3.6 ms step);
+    launch-bound (ResNet-20, batch 128, H100: ~600 kernels, 1.9 ms of kernel time in a 3.2-3.5 ms step);
     8 steps per call train it 1.45x faster, 1.6x with convolutions in the CUDA graphs (BENCHMARKS.md)."""
     if config.steps_per_call == -1:
         return {"cpu": CPU_STEPS_PER_CALL, "gpu": GPU_STEPS_PER_CALL}.get(jax.default_backend(), 1)
