@@ -222,7 +222,8 @@ def configure_xla_flags(extra: str) -> bool:
     the flags take effect (False when JAX had already started; nothing is changed then).
     """
     env = os.environ.get("XLA_FLAGS", "")
-    new = [flag for name, flag in xla_flag_names(extra).items() if name not in xla_flag_names(env)]
+    env_names = xla_flag_names(env)
+    new = [flag for name, flag in xla_flag_names(extra).items() if name not in env_names]
     if not new:  # nothing to add (also when train.py applied them before the trainer is called)
         return True
     if _backends_started():
@@ -261,10 +262,10 @@ def configure_runtime(config: ml_collections.ConfigDict) -> list[str]:
     """Apply the fields that must be set before JAX starts (``xla_flags``, ``cpu_devices``); returns a
     warning for each one that could not be applied: JAX had already started, or (for flags the config
     names, not "auto"'s) ``$XLA_FLAGS`` sets another value."""
-    explicit = config.xla_flags != "auto"
+    flags, explicit = xla_flags(config), config.xla_flags != "auto"
     warnings = [f"xla_flags: {mine} not applied, $XLA_FLAGS sets {theirs}"
-                for mine, theirs in xla_flags_overridden(xla_flags(config)) if explicit]
-    if not configure_xla_flags(xla_flags(config)) and explicit:
+                for mine, theirs in xla_flags_overridden(flags) if explicit]
+    if not configure_xla_flags(flags) and explicit:
         warnings.append(f"xla_flags={config.xla_flags!r} not applied: JAX had already started (set them "
                         f"before JAX runs anything, e.g. via train.py, or in $XLA_FLAGS)")
     if not configure_cpu_devices(config.cpu_devices) and jax.default_backend() == "cpu":
