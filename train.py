@@ -21,15 +21,18 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    from irnet_jax import trainer
+    from irnet_jax import runtime, trainer
 
-    trainer.configure_runtime(FLAGS.config)  # xla_flags, cpu_devices: before JAX starts its backends
+    runtime.configure_runtime(FLAGS.config)  # xla_flags, cpu_devices: before JAX starts its backends
     if FLAGS.distributed:
         jax.distributed.initialize()
 
     logging.info("JAX %s: process %d/%d, devices %s", jax.__version__, jax.process_index(), jax.process_count(),
                  jax.devices())
-    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.config.eval_only:
+        trainer.evaluate_checkpoint(FLAGS.config, FLAGS.config.resume_dir or FLAGS.workdir)
+    else:
+        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

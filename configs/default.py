@@ -61,29 +61,22 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_train_steps = -1  # > 0: stop after this many steps (a short run); -1: all epochs
     config.half_precision = False  # bfloat16 compute, float32 weights/optimizer/BatchNorm statistics
     config.seed = 0
-    # "auto": on CPU, store the ResNets' residual stream once per block (XLA CPU otherwise recomputes
-    # the chain of earlier blocks in every fusion; ResNet-20 on 2 CPU devices: train 252 -> 430 img/s,
-    # eval 1,880 -> 3,070 img/s, BENCHMARKS.md); "on" / "off" force it.
+    # Backend policy (irnet_jax.runtime; operational: never changes what a run computes; why each
+    # default is what it is: BENCHMARKS.md). fusion_barriers: "auto" = on CPU, store the ResNets'
+    # residual stream once per block (XLA:CPU otherwise recomputes earlier blocks in every fusion).
     config.fusion_barriers = "auto"
     # CPU only: split the CPU into this many JAX devices (data parallel, one batch shard each) so that
-    # XLA's single-threaded kernels of different shards run on different cores: on 2 cores ResNet-20
-    # trains 1.2x and evaluates 1.7x faster (BENCHMARKS.md); 0 = JAX's default (1 device). Applied
-    # before JAX starts (train.py and the benchmark do it); no effect on GPU/TPU runs. (The trainer keeps
-    # at most timing.MAX_IN_FLIGHT steps dispatched: unbounded run-ahead deadlocked 2 devices.)
+    # XLA's single-threaded kernels of different shards run on different cores; 0 = JAX's default
+    # (1 device). Applied before JAX starts (train.py and the benchmark do it).
     config.cpu_devices = 2
-    # Train steps per device call (one jitted lax.scan over S batches): the host dispatches once per S
-    # steps, and the device's per-call costs are shared (on CPU, XLA maps fresh temporary memory every
-    # call: ResNet-20 trains 1.25-1.46x faster with 4; on a GPU its launch-bound batch-128 step 1.45x with 8,
-    # BENCHMARKS.md). -1 = auto: 4 on CPU, 8 on GPU, 1 on TPU (not measured there yet).
-    # The same computation as S single steps; logs, evaluations and checkpoints fall on call boundaries
-    # (a call never crosses an epoch's end). unroll_steps: "auto" unrolls that loop on CPU only (XLA:CPU
-    # runs a loop body's convolutions ~10x slower, BENCHMARKS.md); "on" / "off" force it.
+    # Train steps per device call (one jitted lax.scan over S batches; the same computation as S single
+    # steps; a call never crosses an epoch's end). -1 = auto: 4 on CPU, 8 on GPU, 1 on TPU.
+    # unroll_steps: "auto" unrolls that loop on CPU only; "on" / "off" force it.
     config.steps_per_call = -1
     config.unroll_steps = "auto"
-    # Extra XLA flags, added to $XLA_FLAGS before JAX starts (train.py and the benchmark apply them; a flag
-    # that $XLA_FLAGS already sets keeps the environment's value). "auto" = trainer.AUTO_XLA_FLAGS:
-    # "--xla_gpu_enable_command_buffer=+CONVOLUTION" (convolutions inside the step's CUDA graphs: ResNet-20
-    # 1.10-1.24x faster on an H100 with 8 steps per call; ignored off GPUs). "" adds none.
+    # Extra XLA flags, added to $XLA_FLAGS before JAX starts (a flag $XLA_FLAGS already sets keeps the
+    # environment's value). "auto" = runtime.AUTO_XLA_FLAGS (GPU: convolutions inside the step's CUDA
+    # graphs; ignored elsewhere). "" adds none.
     config.xla_flags = "auto"
 
     # Logging and checkpoints (operational fields: may differ on resume).

@@ -3,14 +3,7 @@ encoded as 8-level thermometer planes (3 -> 24 channels of +-1), +1/-1 checkerbo
 tensor a binary layer sees is in {-1, +1}; BatchNorm becomes a per-channel threshold at inference."""
 
 from configs import vgg_small_cifar10
-
-
-def make_fully_binary(config, levels=8):
-    config.binary_first_layer = True
-    config.binary_last_layer = True
-    config.input_encoding, config.encoding_levels = "thermometer", levels
-    config.pad_value = "checkerboard"
-    return config
+from configs.common import make_fully_binary
 
 
 def get_config():

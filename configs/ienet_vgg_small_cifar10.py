@@ -1,7 +1,7 @@
 """Result-table row "IE-Net, VGG-Small 1/1" (cited: 92.0%); IE-Net as in ienet_resnet20_cifar10."""
 
 from configs import vgg_small_cifar10
-from configs.ienet_resnet20_cifar10 import apply_ienet
+from configs.common import apply_ienet
 
 
 def get_config():

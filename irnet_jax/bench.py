@@ -10,7 +10,7 @@ over ``--steps`` individually timed calls. Prints a table and one JSON line per 
 comparable only within one run on one machine. ``train_images_per_second_pipelined`` times the same
 number of steps dispatched ahead of the device, at most 2 in flight, as the training loop runs them
 (on a GPU, step launch latency then overlaps the previous step). ``--steps_per_call=1,8`` adds rows whose
-timed call runs that many train steps (``trainer.make_multi_step``, as ``config.steps_per_call`` in training;
+timed call runs that many train steps (``steps.make_multi_step``, as ``config.steps_per_call`` in training;
 per-step figures are per step). ``--trace_dir`` also records a profiler
 trace of a few train steps per row and adds kernel events and kernel time per step to the row
 (``irnet_jax.profiling``): kernel time well below the step time means a launch- or host-bound step.
@@ -30,8 +30,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from irnet_jax import data as data_lib
-from irnet_jax import profiling, trainer
+from irnet_jax import mesh as mesh_lib
+from irnet_jax import optim, profiling, runtime
+from irnet_jax.steps import make_eval_step, make_multi_step
 from irnet_jax.timing import median_seconds, pipelined_seconds
+from irnet_jax.train_state import create_train_state, eval_graphdef
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Base training config (model options, optimizer, dataset).")
@@ -46,7 +49,7 @@ flags.DEFINE_string("output", "", "Append the JSON lines to this file too.")
 flags.DEFINE_string("trace_dir", "", "Also trace --trace_steps back-to-back train steps per row (jax.profiler: "
                     "TensorBoard profile + Perfetto trace) under this directory; the row gets a kernel summary.")
 flags.DEFINE_integer("trace_steps", 5, "Train calls (of --steps_per_call steps) per traced row.")
-flags.DEFINE_list("steps_per_call", [], "Train steps per device call (trainer.make_multi_step); one row per "
+flags.DEFINE_list("steps_per_call", [], "Train steps per device call (steps.make_multi_step); one row per "
                   "value (default: the config's, resolved as the trainer does). The config's unroll_steps applies.")
 flags.mark_flags_as_required(["config"])
 
@@ -64,26 +67,25 @@ def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch
                   ) -> dict[str, Any]:
     """Measure one configuration; returns the JSON row (with ``profiling.kernel_summary`` fields when
     ``trace_dir`` is given). Each timed call runs ``steps_per_call`` train steps (the trainer's
-    ``make_multi_step``); per-step figures divide by it."""
-    mesh = trainer.make_mesh()
+    ``steps.make_multi_step``); per-step figures divide by it."""
+    mesh = mesh_lib.make_mesh()
     info = data_lib.get_dataset_info(config.dataset)
     config = config.copy_and_resolve_references()
     config.batch_size = batch_size
     n = max(4 * batch_size, eval_batch_size, 1024)
     rng = np.random.default_rng(0)
-    images = trainer.put_replicated(rng.integers(0, 256, (n, *info.image_shape), np.uint8), mesh)
-    labels = trainer.put_replicated(rng.integers(0, info.num_classes, (n,), np.int32), mesh)
+    images = mesh_lib.put_replicated(rng.integers(0, 256, (n, *info.image_shape), np.uint8), mesh)
+    labels = mesh_lib.put_replicated(rng.integers(0, info.num_classes, (n,), np.int32), mesh)
     steps_per_epoch = n // batch_size
-    tx = trainer.make_optimizer(config, trainer.learning_rate_schedule(config, steps_per_epoch))
-    graphdef, state = trainer.init_train_state(config, tx, mesh)
-    train_steps = trainer.make_multi_step(graphdef, tx, config, mesh)
-    eval_step = trainer.make_eval_step(trainer.eval_graphdef(graphdef, state), config, mesh)
+    graphdef, state, tx, _ = create_train_state(config, mesh, steps_per_epoch)
+    train_steps = make_multi_step(graphdef, tx, config, mesh)
+    eval_step = make_eval_step(eval_graphdef(graphdef, state), config, mesh)
     key = jax.random.key(0)
-    orders = [trainer.put_batch(np.stack([rng.permutation(n)[:batch_size] for _ in range(steps_per_call)])
-                                .astype(np.int32), mesh, axis=1) for _ in range(4)]
-    ede = trainer.stack_estimator_params([trainer.estimator_params(config, 0, steps_per_epoch)] * steps_per_call)
-    eval_idx = trainer.put_batch(np.arange(eval_batch_size, dtype=np.int32), mesh)
-    eval_mask = trainer.put_batch(np.ones(eval_batch_size, np.float32), mesh)
+    orders = [mesh_lib.put_batch(np.stack([rng.permutation(n)[:batch_size] for _ in range(steps_per_call)])
+                                 .astype(np.int32), mesh, axis=1) for _ in range(4)]
+    ede = optim.stack_estimator_params([optim.estimator_params(config, 0, steps_per_epoch)] * steps_per_call)
+    eval_idx = mesh_lib.put_batch(np.arange(eval_batch_size, dtype=np.int32), mesh)
+    eval_mask = mesh_lib.put_batch(np.ones(eval_batch_size, np.float32), mesh)
 
     t = time.perf_counter()
     train_compiled = train_steps.lower(state, images, labels, orders[0], ede, key).compile()
@@ -115,7 +117,7 @@ def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch
     return {
         "model": config.model, "binary": bool(config.binary), "dtype": dtype,
         "dataset": config.dataset, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
-        "steps_per_call": steps_per_call, "unroll_steps": trainer.use_unrolled_steps(config),
+        "steps_per_call": steps_per_call, "unroll_steps": runtime.use_unrolled_steps(config),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "train_images_per_second": batch_size / train_s, "eval_images_per_second": eval_batch_size / eval_s,
         "train_images_per_second_pipelined": batch_size / train_pipelined_s,
@@ -190,13 +192,13 @@ def _parse_bool(s: str) -> bool:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for warning in trainer.configure_runtime(FLAGS.config):  # xla_flags, cpu_devices: before JAX starts
+    for warning in runtime.configure_runtime(FLAGS.config):  # xla_flags, cpu_devices: before JAX starts
         print(warning, flush=True)
     try:
         pairs = batch_pairs([int(b) for b in FLAGS.batch_size], [int(b) for b in FLAGS.eval_batch_size])
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    steps_per_call = tuple(int(s) for s in FLAGS.steps_per_call) or (trainer.steps_per_call(FLAGS.config),)
+    steps_per_call = tuple(int(s) for s in FLAGS.steps_per_call) or (runtime.steps_per_call(FLAGS.config),)
     if min(steps_per_call) < 1:
         raise app.UsageError(f"--steps_per_call={list(steps_per_call)} must be positive")
     run(FLAGS.config, FLAGS.models, [_parse_bool(b) for b in FLAGS.binary], FLAGS.dtypes, pairs, FLAGS.steps,

@@ -10,6 +10,7 @@ config, so restoring ``state`` resumes a run exactly.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Mapping
 
@@ -28,6 +29,23 @@ OPERATIONAL_FIELDS = frozenset({
 # Training fields added after checkpoints were first written: a checkpoint without one was trained
 # with this value.
 FIELDS_ADDED_LATER = {"augment": "default", "crop_padding": 4}
+
+
+class _QuietOrbax(logging.Filter):
+    """Drops orbax's INFO chatter (several lines per save) and its warnings that a manager opened
+    read-only (to restore) is read-only, from the ``absl`` logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" not in record.pathname:
+            return True
+        return record.levelno >= logging.WARNING and "read only" not in record.getMessage().replace("_", " ")
+
+
+def quiet_orbax_logs() -> None:
+    """Install ``_QuietOrbax`` on the ``absl`` logger (once)."""
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _QuietOrbax) for f in absl_logger.filters):
+        absl_logger.addFilter(_QuietOrbax())
 
 
 class CheckpointError(RuntimeError):

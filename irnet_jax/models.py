@@ -29,6 +29,23 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
+class ConvStage:
+    """One conv stage of a sequential model as an integer pipeline sees it: ``conv``, then a 2x2
+    max-pool before the norm (``pool="sums"``: it pools the conv's outputs), after it (``"bits"``: it
+    pools the signs the next layer takes) or none (``"none"``; ``ceil_mode``: a partial window at an
+    odd edge is kept), then ``norm``, whose sign the next layer takes (hardtanh keeps the sign).
+
+    Sequential models list theirs with ``export_stages() -> (list[ConvStage], classifier)``; models
+    whose signs see real-valued shortcuts (the ResNets) have no such method.
+    """
+
+    conv: BinaryConv
+    norm: nnx.Module
+    pool: str = "none"
+    ceil_mode: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class Quantization:
     """How a model builds its conv/dense/norm layers (every field is a model option of ``create_model``).
 
@@ -181,6 +198,11 @@ class VGGSmall(nnx.Module):
                 x = hardtanh(x)
         return self.fc(x.reshape(x.shape[0], -1), ede)
 
+    def export_stages(self) -> tuple[list[ConvStage], BinaryDense]:
+        """The conv stages (pools before the norm) and the classifier, in order (see ``ConvStage``)."""
+        pools = ("sums" if p else "none" for p in self.pool_after)
+        return [ConvStage(c, n, p) for c, n, p in zip(self.convs, self.bns, pools)], self.fc
+
 
 @register_model("alexnet")
 class AlexNet(nnx.Module):
@@ -214,6 +236,11 @@ class AlexNet(nnx.Module):
                 x = max_pool(x, ceil_mode=True)
             x = hardtanh(x)
         return self.fc(x.reshape(x.shape[0], -1), ede)
+
+    def export_stages(self) -> tuple[list[ConvStage], BinaryDense]:
+        """The conv stages (ceil-mode pools after the norm) and the classifier (see ``ConvStage``)."""
+        pools = ("bits" if spec[3] else "none" for spec in self.layers_spec)
+        return [ConvStage(c, n, p, ceil_mode=True) for c, n, p in zip(self.convs, self.bns, pools)], self.fc
 
 
 class Shortcut(nnx.Module):
@@ -338,3 +365,7 @@ class MNISTNet(nnx.Module):
         for conv, bn in zip(self.convs, self.bns):
             x = hardtanh(bn(max_pool(conv(x, ede))))
         return self.fc(x.reshape(x.shape[0], -1), ede)
+
+    def export_stages(self) -> tuple[list[ConvStage], BinaryDense]:
+        """The conv stages (each pooled before the norm) and the classifier (see ``ConvStage``)."""
+        return [ConvStage(c, n, "sums") for c, n in zip(self.convs, self.bns)], self.fc

@@ -9,7 +9,10 @@ import jax
 import numpy as np
 
 from configs import mnistnet_mnist
-from irnet_jax import trainer
+from irnet_jax import mesh as mesh_lib
+from irnet_jax import optim, trainer
+from irnet_jax.steps import make_train_step
+from irnet_jax.train_state import create_train_state
 
 
 def main(data_dir: str, workdir: str) -> None:
@@ -22,15 +25,14 @@ def main(data_dir: str, workdir: str) -> None:
     labels = rng.integers(0, 10, (512,), np.int32)
     results = {}
     for n in (1, 2):
-        mesh = trainer.make_mesh(jax.devices()[:n])
-        tx = trainer.make_optimizer(config, trainer.learning_rate_schedule(config, 8))
-        graphdef, state = trainer.init_train_state(config, tx, mesh)
-        step = trainer.make_train_step(graphdef, tx, config, mesh)
-        dev_images, dev_labels = trainer.put_replicated(images, mesh), trainer.put_replicated(labels, mesh)
+        mesh = mesh_lib.make_mesh(jax.devices()[:n])
+        graphdef, state, tx, _ = create_train_state(config, mesh, 8)
+        step = make_train_step(graphdef, tx, config, mesh)
+        dev_images, dev_labels = mesh_lib.put_replicated(images, mesh), mesh_lib.put_replicated(labels, mesh)
         losses = []
         for i in range(3):
-            idx = trainer.put_batch(np.arange(128 * i, 128 * (i + 1), dtype=np.int32), mesh)
-            state, m = step(state, dev_images, dev_labels, idx, trainer.estimator_params(config, i, 8),
+            idx = mesh_lib.put_batch(np.arange(128 * i, 128 * (i + 1), dtype=np.int32), mesh)
+            state, m = step(state, dev_images, dev_labels, idx, optim.estimator_params(config, i, 8),
                             jax.random.key(0))
             losses.append(float(m.compute()["loss"]))
         shardings = {str(x.sharding.spec) for x in jax.tree.leaves(state)}

@@ -4,6 +4,7 @@ import json
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +14,7 @@ from flax import nnx
 from configs import default
 from irnet_jax import binarization as bz
 from irnet_jax import export, trainer
+from irnet_jax.train_state import build_model
 from irnet_jax.layers import BinaryConv, record_layer_calls
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -73,7 +75,7 @@ def test_folding_equals_the_float_model(case, seed):
     config = fully_binary_config(name, dataset, **extra)
     if "model_kwargs" in kw:
         config.model_kwargs = ml_collections.ConfigDict(kw["model_kwargs"])
-    model = trainer.build_model(config, nnx.Rngs(seed))
+    model = build_model(config, nnx.Rngs(seed))
     if config.norm == "offset":
         for _, m in nnx.iter_modules(model):
             if hasattr(m, "bias") and type(m).__name__ == "Offset":
@@ -117,19 +119,19 @@ def test_fold_threshold_exhaustive():
 def test_resnet_export_is_refused_with_reason():
     config = fully_binary_config("resnet20", "cifar10")
     with pytest.raises(export.ExportError, match=r"export supports \['vgg_small', 'alexnet', 'mnistnet'\]"):
-        export.fold(trainer.build_model(config, nnx.Rngs(0)), config)
+        export.fold(build_model(config, nnx.Rngs(0)), config)
 
 
 def test_zero_padding_binary_conv_is_refused():
     config = fully_binary_config("mnistnet", "mnist", pad_value="zero")
     with pytest.raises(export.ExportError, match="zero padding"):
-        export.fold(trainer.build_model(config, nnx.Rngs(0)), config)
+        export.fold(build_model(config, nnx.Rngs(0)), config)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     config = fully_binary_config("mnistnet", "mnist")
-    model = randomize(trainer.build_model(config, nnx.Rngs(7)), 7)
+    model = randomize(build_model(config, nnx.Rngs(7)), 7)
     folded = export.fold(model, config)
     images = np.random.default_rng(5).integers(0, 256, (2, 28, 28, 1), np.uint8)
     out = tmp_path_factory.mktemp("export")
@@ -207,8 +209,10 @@ def test_export_command_on_a_trained_fully_binary_mnist_net(tfds_dir, tmp_path):
     config.eval_batch_size, config.log_every_steps = 1000, 20
     workdir, out = tmp_path / "run", tmp_path / "export"
     trainer.train_and_evaluate(config, str(workdir))
-    export.main(["--checkpoint", str(workdir), "--out", str(out), "--num_images", "2", "--verify", "10000",
-                 "--data_dir", tfds_dir])
+    command = [sys.executable, "-m", "irnet_jax.export", "--checkpoint", str(workdir), "--out", str(out),
+               "--num_images", "2", "--verify", "10000", "--data_dir", tfds_dir]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     v = manifest["verification"]
     assert v["images"] == 10000 and v["engine_equals_model"] == 1.0, v

@@ -49,7 +49,7 @@ def expected_params(name, h, c):
     if name == "resnet18":
         total, c_in = conv(c, 64) + bn(64), 64
         for c_out in (64, 128, 256, 512):
-            for i in range(2):
+            for _ in range(2):
                 total += conv(c_in, c_out) + bn(c_out) + conv(c_out, c_out) + bn(c_out)
                 if c_in != c_out:
                     total += conv(c_in, c_out, 1) + bn(c_out)  # option-B shortcut
@@ -157,7 +157,7 @@ def test_materialized_residual_stream_is_not_recomputed(block):
                                     block=block, materialize_residuals=on)
         model.eval()
         graphdef, state = nnx.split(model)
-        forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x),
+        forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x),  # noqa: B023 (compiled in this iteration)
                           compiler_options={"xla_disable_hlo_passes": "cse_barrier_expander"})
         compiled = forward.lower(state, x).compile()
         worst[on] = _max_convs_read_by_one_fusion(compiled.as_text())

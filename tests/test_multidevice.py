@@ -60,13 +60,13 @@ def test_xla_flags_reach_xla_and_multi_step_calls_run_on_two_devices(tfds_dir, t
 def test_runtime_settings_after_jax_started_are_not_applied():
     import jax
 
-    from irnet_jax import trainer
+    from irnet_jax import runtime
 
     jax.devices()  # the backend has started in this process
     have = len(jax.devices("cpu"))
-    assert trainer.configure_cpu_devices(have) and trainer.configure_cpu_devices(0)
-    assert not trainer.configure_cpu_devices(have + 1)
-    assert trainer.configure_xla_flags("") and not trainer.configure_xla_flags("--xla_dump_to=/tmp/never")
+    assert runtime.configure_cpu_devices(have) and runtime.configure_cpu_devices(0)
+    assert not runtime.configure_cpu_devices(have + 1)
+    assert runtime.configure_xla_flags("") and not runtime.configure_xla_flags("--xla_dump_to=/tmp/never")
     assert "--xla_dump_to=/tmp/never" not in os.environ.get("XLA_FLAGS", "")
 
 
@@ -74,11 +74,11 @@ RUNTIME_PROBE = """
 import json, sys
 import jax
 from configs import default
-from irnet_jax import trainer
+from irnet_jax import runtime
 config = default.get_config()
 config.cpu_devices = 0
 config.xla_flags = sys.argv[1]
-warnings = trainer.configure_runtime(config)
+warnings = runtime.configure_runtime(config)
 print(json.dumps({"devices": len(jax.devices()), "warnings": warnings}))
 """
 
@@ -107,22 +107,22 @@ def test_xla_flag_helpers_and_auto_values(monkeypatch):
     import jax
     from configs import default
 
-    from irnet_jax import trainer
+    from irnet_jax import runtime
 
-    assert trainer.xla_flag_names("--a=1 --b --a=2") == {"--a": "--a=2", "--b": "--b"}
+    assert runtime.xla_flag_names("--a=1 --b --a=2") == {"--a": "--a=2", "--b": "--b"}
     config = default.get_config()
     config.cpu_devices = 0  # JAX's own count: nothing to warn about besides the XLA flags
-    assert trainer.xla_flags(config) == trainer.AUTO_XLA_FLAGS == "--xla_gpu_enable_command_buffer=+CONVOLUTION"
+    assert runtime.xla_flags(config) == runtime.AUTO_XLA_FLAGS == "--xla_gpu_enable_command_buffer=+CONVOLUTION"
     monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer= --x=1")
-    assert trainer.xla_flags_overridden("--xla_gpu_enable_command_buffer=+CONVOLUTION --x=1 --y=2") == [
+    assert runtime.xla_flags_overridden("--xla_gpu_enable_command_buffer=+CONVOLUTION --x=1 --y=2") == [
         ("--xla_gpu_enable_command_buffer=+CONVOLUTION", "--xla_gpu_enable_command_buffer=")]
     jax.devices()
-    assert trainer.configure_xla_flags("--x=1")  # already in effect: nothing to add, even after JAX started
-    assert trainer.configure_runtime(config) == []  # "auto": a default, no warning when it cannot apply
+    assert runtime.configure_xla_flags("--x=1")  # already in effect: nothing to add, even after JAX started
+    assert runtime.configure_runtime(config) == []  # "auto": a default, no warning when it cannot apply
     config.xla_flags = "--y=2"
-    assert any("not applied: JAX had already started" in w for w in trainer.configure_runtime(config))
+    assert any("not applied: JAX had already started" in w for w in runtime.configure_runtime(config))
     config.steps_per_call = -1
-    expected = {"cpu": trainer.CPU_STEPS_PER_CALL, "gpu": trainer.GPU_STEPS_PER_CALL, "tpu": 1}
+    expected = {"cpu": runtime.CPU_STEPS_PER_CALL, "gpu": runtime.GPU_STEPS_PER_CALL, "tpu": 1}
     for backend, steps in expected.items():
         monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
-        assert trainer.steps_per_call(config) == steps, backend
+        assert runtime.steps_per_call(config) == steps, backend

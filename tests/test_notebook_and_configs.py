@@ -8,10 +8,10 @@ import jax
 import pytest
 from flax import nnx
 
-from irnet_jax import trainer
+from irnet_jax.train_state import build_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem not in ("__init__", "default"))
+CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem not in ("__init__", "default", "common"))
 
 
 def notebook_code_cells():
@@ -50,7 +50,7 @@ def test_config_builds_and_every_field_is_overridable(name):
                 walk(v, f"{prefix}{k}.")
 
     walk(flat)
-    model = jax.eval_shape(lambda: nnx.split(trainer.build_model(config, nnx.Rngs(0)))[1])
+    model = jax.eval_shape(lambda: nnx.split(build_model(config, nnx.Rngs(0)))[1])
     assert len(jax.tree.leaves(model)) > 0
 
 

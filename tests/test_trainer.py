@@ -17,7 +17,10 @@ import pytest
 from configs import mnistnet_mnist, smoke
 from irnet_jax import checkpointing as ckpt
 from irnet_jax import data as data_lib
-from irnet_jax import trainer
+from irnet_jax import mesh as mesh_lib
+from irnet_jax import optim, trainer
+from irnet_jax.steps import make_multi_step, make_train_step
+from irnet_jax.train_state import create_train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,8 +52,7 @@ def snapshot(root):
 
 
 def final_state(config, workdir):
-    tx = trainer.make_optimizer(config, trainer.learning_rate_schedule(config, 16))
-    _, abstract = trainer.init_train_state(config, tx)
+    abstract = create_train_state(config, steps_per_epoch=16).state
     return ckpt.restore_state(workdir, ckpt.find_step(workdir, "latest"), abstract)
 
 
@@ -100,7 +102,7 @@ def test_eval_only_reproduces_recorded_accuracy_and_touches_nothing(smoke_run):
     config = config.copy_and_resolve_references()
     config.eval_only = True
     config.eval_checkpoint = "best"
-    result = trainer.train_and_evaluate(config, workdir)
+    result = trainer.evaluate_checkpoint(config, workdir)
     assert result["val_accuracy"] == pytest.approx(result["recorded_val_accuracy"], abs=1e-9)
     assert result["val_accuracy"] == pytest.approx(summary["best_val_accuracy"], abs=1e-9)
     assert result["test_accuracy"] == pytest.approx(summary["best_checkpoint_test_accuracy"], abs=1e-9)
@@ -157,25 +159,24 @@ def test_multi_step_call_equals_single_steps(tfds_dir, unroll):
     """S steps in one call (lax.scan, rolled or unrolled) = S calls of the single step: the same batches,
     augmentation keys, learning rates and per-step EDE (k, t); metrics over all S steps."""
     config = tiny_config(tfds_dir, batch_size=32, unroll_steps=unroll)
-    mesh = trainer.make_mesh()
-    tx = trainer.make_optimizer(config, trainer.learning_rate_schedule(config, 4))
+    mesh = mesh_lib.make_mesh()
     rng = np.random.default_rng(0)
-    images = trainer.put_replicated(rng.integers(0, 256, (256, 28, 28, 1), np.uint8), mesh)
-    labels = trainer.put_replicated(rng.integers(0, 10, (256,), np.int32), mesh)
+    images = mesh_lib.put_replicated(rng.integers(0, 256, (256, 28, 28, 1), np.uint8), mesh)
+    labels = mesh_lib.put_replicated(rng.integers(0, 10, (256,), np.int32), mesh)
     order = rng.permutation(256).astype(np.int32)[:128].reshape(4, 32)
-    edes = [trainer.estimator_params(config, 4 * i, 4) for i in range(4)]  # (k, t) differ per step
+    edes = [optim.estimator_params(config, 4 * i, 4) for i in range(4)]  # (k, t) differ per step
     assert len({float(e.t_w) for e in edes}) > 1
     key = jax.random.key(3)
 
-    graphdef, single = trainer.init_train_state(config, tx, mesh)
-    step = trainer.make_train_step(graphdef, tx, config, mesh)
+    graphdef, single, tx, _ = create_train_state(config, mesh, 4)
+    step = make_train_step(graphdef, tx, config, mesh)
     losses = []
     for i in range(4):
-        single, m = step(single, images, labels, trainer.put_batch(order[i], mesh), edes[i], key)
+        single, m = step(single, images, labels, mesh_lib.put_batch(order[i], mesh), edes[i], key)
         losses.append(float(m.compute()["loss"]))
-    _, multi = trainer.init_train_state(config, tx, mesh)
-    multi, m = trainer.make_multi_step(graphdef, tx, config, mesh)(
-        multi, images, labels, trainer.put_batch(order, mesh, axis=1), trainer.stack_estimator_params(edes), key)
+    multi = create_train_state(config, mesh, 4).state
+    multi, m = make_multi_step(graphdef, tx, config, mesh)(
+        multi, images, labels, mesh_lib.put_batch(order, mesh, axis=1), optim.stack_estimator_params(edes), key)
     assert int(multi.step) == int(single.step) == 4
     assert int(m.loss.count) == 4 and float(m.compute()["loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
     # Only float summation order may differ (fusions inside the loop body); a wrong batch, key or EDE
@@ -203,26 +204,25 @@ def test_steps_per_call_run_matches_single_step_run_and_resumes(tfds_dir, tmp_pa
 
 def test_train_step_does_not_recompile_when_lr_and_ede_change(tfds_dir):
     config = tiny_config(tfds_dir)
-    mesh = trainer.make_mesh()
-    tx = trainer.make_optimizer(config, trainer.learning_rate_schedule(config, 16))
-    graphdef, state = trainer.init_train_state(config, tx, mesh)
-    step_fn = trainer.make_train_step(graphdef, tx, config, mesh)
-    images = trainer.put_replicated(np.random.default_rng(0).integers(0, 255, (256, 28, 28, 1), np.uint8), mesh)
-    labels = trainer.put_replicated(np.arange(256, dtype=np.int32) % 10, mesh)
+    mesh = mesh_lib.make_mesh()
+    graphdef, state, tx, _ = create_train_state(config, mesh, 16)
+    step_fn = make_train_step(graphdef, tx, config, mesh)
+    images = mesh_lib.put_replicated(np.random.default_rng(0).integers(0, 255, (256, 28, 28, 1), np.uint8), mesh)
+    labels = mesh_lib.put_replicated(np.arange(256, dtype=np.int32) % 10, mesh)
     key = jax.random.key(0)
     ts = []
     for step in range(4):  # lr warms up (opt_state count); EDE (k, t) changes every epoch
-        ede = trainer.estimator_params(config, step * 16, 16)
+        ede = optim.estimator_params(config, step * 16, 16)
         ts.append(float(ede.t_w))
-        idx = trainer.put_batch(np.arange(128, dtype=np.int32) + step, mesh)
+        idx = mesh_lib.put_batch(np.arange(128, dtype=np.int32) + step, mesh)
         state, _ = step_fn(state, images, labels, idx, ede, key)
     assert len(set(ts)) > 1
     assert step_fn._cache_size() == 1
-    multi_fn = trainer.make_multi_step(graphdef, tx, config, mesh)
+    multi_fn = make_multi_step(graphdef, tx, config, mesh)
     for call in range(3):  # 2 steps per call; (k, t) of each step change between calls
-        edes = [trainer.estimator_params(config, (2 * call + i) * 16, 16) for i in range(2)]
-        idx = trainer.put_batch(np.arange(256, dtype=np.int32).reshape(2, 128), mesh, axis=1)
-        state, _ = multi_fn(state, images, labels, idx, trainer.stack_estimator_params(edes), key)
+        edes = [optim.estimator_params(config, (2 * call + i) * 16, 16) for i in range(2)]
+        idx = mesh_lib.put_batch(np.arange(256, dtype=np.int32).reshape(2, 128), mesh, axis=1)
+        state, _ = multi_fn(state, images, labels, idx, optim.stack_estimator_params(edes), key)
     assert multi_fn._cache_size() == 1
 
 
@@ -271,7 +271,7 @@ def test_missing_checkpoint(tfds_dir, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match=r"no checkpoint directory .*old"):
         trainer.train_and_evaluate(tiny_config(tfds_dir, resume_dir=str(tmp_path / "old")), str(tmp_path / "w"))
     with pytest.raises(ckpt.CheckpointError, match=r"no checkpoint directory"):
-        trainer.train_and_evaluate(tiny_config(tfds_dir, eval_only=True), str(tmp_path / "old"))
+        trainer.evaluate_checkpoint(tiny_config(tfds_dir, eval_only=True), str(tmp_path / "old"))
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_removed(smoke_run, tmp_path):
@@ -286,7 +286,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_removed(smoke_run, t
     config = config.copy_and_resolve_references()
     config.eval_only, config.eval_checkpoint = True, "latest"
     with pytest.raises(ckpt.CheckpointError, match=rf"checkpoint .*checkpoints/{step} cannot be restored"):
-        trainer.train_and_evaluate(config, str(copy))
+        trainer.evaluate_checkpoint(config, str(copy))
     config.eval_only, config.resume_dir = False, str(copy)
     with pytest.raises(ckpt.CheckpointError, match=r"cannot be restored"):
         trainer.train_and_evaluate(config, str(copy))
@@ -302,6 +302,8 @@ def test_checkpoint_of_another_model_is_refused(smoke_run, tmp_path):
         trainer.train_and_evaluate(other, str(tmp_path / "w"))
     other.eval_only = True
     with pytest.raises(ckpt.CheckpointError, match=r"model: checkpoint 'mnistnet' vs config 'vgg_small'"):
+        trainer.evaluate_checkpoint(other, other.resume_dir)
+    with pytest.raises(ValueError, match=r"eval_only=True: call trainer.evaluate_checkpoint"):
         trainer.train_and_evaluate(other, str(tmp_path / "w"))
     assert snapshot(workdir) == before
 

@@ -10,7 +10,10 @@ import pytest
 from flax import nnx
 
 from irnet_jax import binarization as bz
-from irnet_jax import encoding, models, trainer
+from irnet_jax import encoding, models, optim
+from irnet_jax import mesh as mesh_lib
+from irnet_jax.steps import make_train_step
+from irnet_jax.train_state import build_model, create_train_state, model_input_shape
 from irnet_jax.layers import BinaryConv, BinaryDense, Offset, ShiftBinaryConv, record_layer_calls
 from irnet_jax.summary import summarize
 
@@ -171,26 +174,25 @@ ROW_CONFIGS = {
 def test_row_config_builds_trains_and_splits_binary_float(name):
     config = importlib.import_module(f"configs.{name}").get_config()
     has_binary_macs, all_binary = ROW_CONFIGS[name]
-    shape = trainer.model_input_shape(config)
-    s = summarize(trainer.build_model(config, nnx.Rngs(0)), shape)
+    shape = model_input_shape(config)
+    s = summarize(build_model(config, nnx.Rngs(0)), shape)
     assert (s.binary_macs > 0) == has_binary_macs
     assert (s.float_macs == 0) == all_binary, (s.binary_macs, s.float_macs)
     if config.binarize_activations and not all_binary:  # the paper's setting: float first and last layers
         assert 0 < s.float_macs < 0.05 * s.binary_macs
     # A few real train steps on a synthetic batch of the dataset's shape: finite loss, parameters move.
     config.batch_size = 8
-    mesh = trainer.make_mesh()
-    tx = trainer.make_optimizer(config, trainer.learning_rate_schedule(config, 10))
-    graphdef, state = trainer.init_train_state(config, tx, mesh)
-    step = trainer.make_train_step(graphdef, tx, config, mesh)
+    mesh = mesh_lib.make_mesh()
+    graphdef, state, tx, _ = create_train_state(config, mesh, 10)
+    step = make_train_step(graphdef, tx, config, mesh)
     h, w, c = shape[0], shape[1], 1 if "mnist" in name else 3
     rng = np.random.default_rng(0)
-    images = trainer.put_replicated(rng.integers(0, 256, (16, h, w, c), np.uint8), mesh)
-    labels = trainer.put_replicated(rng.integers(0, 10, (16,), np.int32), mesh)
+    images = mesh_lib.put_replicated(rng.integers(0, 256, (16, h, w, c), np.uint8), mesh)
+    labels = mesh_lib.put_replicated(rng.integers(0, 10, (16,), np.int32), mesh)
     before = jax.tree.map(np.asarray, state.params)
     for i in range(3):
-        idx = trainer.put_batch(np.arange(8 * (i % 2), 8 * (i % 2) + 8, dtype=np.int32), mesh)
-        state, m = step(state, images, labels, idx, trainer.estimator_params(config, i, 10), jax.random.key(0))
+        idx = mesh_lib.put_batch(np.arange(8 * (i % 2), 8 * (i % 2) + 8, dtype=np.int32), mesh)
+        state, m = step(state, images, labels, idx, optim.estimator_params(config, i, 10), jax.random.key(0))
         assert np.isfinite(float(m.compute()["loss"]))
     moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), state.params, before)
     assert all(jax.tree.leaves(moved))

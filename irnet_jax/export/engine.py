@@ -1,0 +1,116 @@
+"""Running a folded model: the NumPy reference (with a per-stage trace), the packed JAX engine, and
+the trained float model's predictions to compare them with."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from irnet_jax import data as data_lib
+from irnet_jax import encoding
+from irnet_jax.export.folding import ExportError
+from irnet_jax.export.stages import BinaryConvStage, FoldedModel
+from irnet_jax.timing import median_seconds
+
+
+def first_layer_input(images_u8: np.ndarray, folded: FoldedModel) -> np.ndarray:
+    """Bits (binary first layer: the encoded planes, ``[N, H, W, C * levels]``) or normalized float32
+    pixels (float first layer) of ``[N, H, W, C]`` uint8 images."""
+    if isinstance(folded.stages[0], BinaryConvStage):
+        if folded.input_encoding == "none":
+            raise ExportError("a binary first layer needs an input encoding (input_encoding thermometer/bitplanes)")
+        planes = encoding.encode(jnp.asarray(images_u8), folded.input_encoding, folded.encoding_levels)
+        return (np.asarray(planes) > 0).astype(np.uint8)
+    return np.asarray(data_lib.normalize(jnp.asarray(images_u8), data_lib.get_dataset_info(folded.dataset)))
+
+
+def run_numpy(folded: FoldedModel, images_u8: np.ndarray, trace: bool = False) -> tuple[np.ndarray, list[dict]]:
+    """The folded model on ``[N, H, W, C] uint8`` images: ``(logits [N, classes] float32, per-stage trace)``.
+
+    The trace holds, per stage: ``input`` (bits, or float pixels for a float first layer), ``sums``
+    (integer D before pooling/threshold, binary stages only) and ``output`` (bits; logits last)."""
+    x = first_layer_input(images_u8, folded)
+    records = []
+    for stage in folded.stages:
+        record = {"input": x}
+        x, sums = stage.reference(x)
+        if sums is not None:
+            record["sums"] = sums
+        record["output"] = x
+        if trace:
+            records.append(record)
+    return x, records
+
+
+def make_jax_engine(folded: FoldedModel) -> Callable[[jax.Array], jax.Array]:
+    """A jitted ``engine(first_layer_input) -> logits`` running XNOR + ``lax.population_count`` on
+    packed uint32 words (a float first layer as a float32 conv)."""
+    runs = [stage.packed() for stage in folded.stages]
+
+    def engine(x):
+        for run in runs:
+            x = run(x)
+        return x
+
+    return jax.jit(engine)
+
+
+def model_predictions(
+    model: nnx.Module, config: ml_collections.ConfigDict, images_u8: np.ndarray, batch: int = 500
+) -> np.ndarray:
+    """The trained float32 model's predictions (eval mode) on uint8 images."""
+    info = data_lib.get_dataset_info(config.dataset)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def predict(state, x):
+        x = data_lib.preprocess(x, info, None, jnp.float32, config.input_encoding, config.encoding_levels)
+        return jnp.argmax(nnx.merge(graphdef, state, copy=True)(x), -1)
+
+    return np.concatenate(
+        [np.asarray(predict(state, jnp.asarray(images_u8[i : i + batch]))) for i in range(0, len(images_u8), batch)]
+    )
+
+
+def engine_predictions(folded: FoldedModel, images_u8: np.ndarray, batch: int = 250) -> np.ndarray:
+    """The packed JAX engine's predictions on uint8 images, ``batch`` at a time."""
+    engine = make_jax_engine(folded)
+    out = [
+        np.asarray(jnp.argmax(engine(jnp.asarray(first_layer_input(images_u8[i : i + batch], folded))), -1))
+        for i in range(0, len(images_u8), batch)
+    ]
+    return np.concatenate(out)
+
+
+def benchmark_engine(
+    folded: FoldedModel, model: nnx.Module, config: ml_collections.ConfigDict, images_u8: np.ndarray, repeats: int = 5
+) -> dict[str, float]:
+    """Median images/s of the packed JAX engine and of the float model's jitted eval forward, one batch."""
+    info = data_lib.get_dataset_info(config.dataset)
+    graphdef, state = nnx.split(model)
+
+    def forward(st, x):
+        x = data_lib.preprocess(x, info, None, jnp.float32, config.input_encoding, config.encoding_levels)
+        return nnx.merge(graphdef, st, copy=True)(x)
+
+    float_fwd = jax.jit(forward)
+    engine = make_jax_engine(folded)
+    x_u8 = jnp.asarray(images_u8)
+    x_in = jnp.asarray(first_layer_input(images_u8, folded))
+
+    def rate(fn) -> float:
+        return len(images_u8) / median_seconds(fn, repeats)
+
+    e, f = rate(lambda: engine(x_in)), rate(lambda: float_fwd(state, x_u8))
+    return {
+        "batch": len(images_u8),
+        "engine_images_per_second": e,
+        "float_images_per_second": f,
+        "engine_ms_per_image": 1e3 / e,
+        "backend": jax.default_backend(),
+    }

@@ -1,0 +1,161 @@
+"""Folding a trained sequential BNN into integer stages.
+
+A binary layer ``l`` sees bits ``a`` in {-1, +1}^K (its padded input patch) and binary weights
+``sign(W_std) * s_o``. Its output channel ``o`` is ``y_o = s_o * D_o`` with the integer
+
+    D_o = sum_k a_k * w_ok = K - 2 * popcount(a XOR w_o)          (bit 1 = +1, bit 0 = -1)
+
+Its norm is affine in eval mode, ``z = A_o * y + B_o`` (BatchNorm: ``A = gamma / sqrt(var + eps)``,
+``B = beta - mean * A``; offset: ``A = 1``, ``B = b``), and the next layer keeps ``sign(z)`` (hardtanh
+keeps the sign; ``sign(0) = +1``). With ``M_o = A_o * s_o`` (the power-of-two scale only changes ``M``):
+
+    bit_o = D_o >= T_o   with T_o = ceil(-B_o / M_o)    where M_o > 0
+    bit_o = D_o <= T_o   with T_o = floor(-B_o / M_o)   where M_o < 0 (flip: negative BatchNorm scale)
+    bit_o = [B_o >= 0]   where M_o = 0 (stored as T = -(K+1), always; or T = K+1, never)
+
+Max-pooling before the norm pools the integer sums (``max D``) and then thresholds; pooling after the
+norm (AlexNet) is a bitwise OR of +1 bits. Padding is constant bits (zero padding, which is not binary,
+is refused for binary layers: use ``pad_value`` one/minus_one/checkerboard). A full-precision first
+layer (the paper's setting) stays a float32 convolution + threshold, and a full-precision last layer a
+float32 matrix product. Models describe their stages themselves (``models.ConvStage``).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from irnet_jax import binarization as bz
+from irnet_jax.export.stages import (
+    BinaryConvStage,
+    BinaryDenseStage,
+    FloatConvStage,
+    FloatDenseStage,
+    FoldedModel,
+    Stage,
+)
+from irnet_jax.layers import Offset, ShiftBinaryConv
+from irnet_jax.models import ConvStage
+from irnet_jax.train_state import model_input_shape
+
+EXPORTABLE = ("vgg_small", "alexnet", "mnistnet")
+
+
+class ExportError(ValueError):
+    """The model or checkpoint cannot be exported as an XNOR-popcount-threshold pipeline."""
+
+
+def norm_affine(norm: nnx.Module, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, B)`` float64 with ``norm(y) = A * y + B`` in eval mode."""
+    if isinstance(norm, Offset):
+        return np.ones(channels), np.asarray(norm.bias[...], np.float64)
+    if isinstance(norm, nnx.BatchNorm):
+        mean = np.asarray(norm.mean[...], np.float64)
+        var = np.asarray(norm.var[...], np.float64)
+        gamma = np.ones(channels) if norm.scale is None else np.asarray(norm.scale[...], np.float64)
+        beta = np.zeros(channels) if norm.bias is None else np.asarray(norm.bias[...], np.float64)
+        a = gamma / np.sqrt(var + norm.epsilon)
+        return a, beta - mean * a
+    raise ExportError(f"cannot fold norm {type(norm).__name__}")
+
+
+def fold_threshold(m: np.ndarray, b: np.ndarray, fan_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer thresholds and flips such that ``(m * D + b >= 0) == (D <= T if flip else D >= T)``
+    for every integer ``D`` in ``[-fan_in, fan_in]``; ``m``, ``b`` float64 per channel."""
+    m, b = np.asarray(m, np.float64), np.asarray(b, np.float64)
+    safe = np.where(m == 0, 1.0, m)
+    t = np.where(m > 0, np.ceil(-b / safe), np.floor(-b / safe))
+    # -b/m and m*D + b round differently at a tie: settle the boundary by evaluating m*D + b itself.
+    step = np.where(m > 0, -1.0, 1.0)  # towards the side that should still be +1
+    t = np.where(m * (t + step) + b >= 0, t + step, t)
+    t = np.where(m * t + b < 0, t - step, t)
+    t = np.where(m == 0, np.where(b >= 0, -(fan_in + 1), fan_in + 1), t)
+    t = np.clip(t, -(fan_in + 1), fan_in + 1)
+    return t.astype(np.int64), m < 0
+
+
+def binary_weight_bits(layer, ede: bz.EstimatorParams) -> tuple[np.ndarray, np.ndarray]:
+    """``(bits [C_out, K] (c, kh, kw) order, per-channel scale s)`` with ``Qw(W) = (2 bits - 1) * s``."""
+    wq = np.asarray(layer.quantized_kernel(ede), np.float64)
+    if wq.ndim == 4:
+        wq = wq.transpose(3, 2, 0, 1).reshape(wq.shape[3], -1)  # [C_out, C_in * kh * kw], (c, kh, kw)
+    else:
+        wq = wq.T
+    s = np.abs(wq[:, 0])
+    if not np.all(np.abs(wq) == s[:, None]):
+        raise ExportError("binary weights do not share one magnitude per output channel")
+    return (wq > 0).astype(np.uint8), s  # Qw = s * (2 bits - 1), also for a negative learned scale
+
+
+def fold_conv(spec: ConvStage, in_shape: tuple[int, int, int], first: bool) -> Stage:
+    """One conv stage (conv, pool, norm, sign) of a model as a binary or float conv stage."""
+    conv = spec.conv
+    if isinstance(conv, ShiftBinaryConv):
+        raise ExportError("shift convs (two thresholds per input) are not exportable yet")
+    a, b = norm_affine(spec.norm, conv.out_features)
+    geometry = dict(
+        in_shape=in_shape,
+        kernel_size=conv.kernel_size,
+        stride=conv.strides,
+        pad=conv.padding,
+        pool=spec.pool,
+        ceil_pool=spec.ceil_mode,
+    )
+    if conv.is_binary:
+        if conv.pad_value == "zero" and conv.padding > 0:
+            raise ExportError(
+                "a binary conv with zero padding sees 0s, not bits: train with pad_value "
+                "'one', 'minus_one' or 'checkerboard' to export"
+            )
+        bits, scale = binary_weight_bits(conv, bz.EstimatorParams.constant())
+        threshold, flip = fold_threshold(a * scale, b, bits.shape[1])
+        return BinaryConvStage(
+            **geometry, pad_bit=conv.pad_value, weight_bits=bits, threshold=threshold, flip=flip
+        )
+    if first and not conv.binarize_weights and not conv.binarize_activations:
+        weights = np.asarray(conv.kernel[...], np.float32)
+        return FloatConvStage(**geometry, pad_bit="zero", weights=weights, affine=(a, b))
+    raise ExportError("only the first conv may be full precision, and no conv may be 1w32a, to export")
+
+
+def fold_classifier(fc, in_features: int) -> Stage:
+    """The last layer: binary (integer sums times a float32 scale) or full precision."""
+    bias = np.asarray(fc.bias[...], np.float32)
+    if fc.is_binary:
+        bits, scale = binary_weight_bits(fc, bz.EstimatorParams.constant())
+        multiplier = fc.output_multiplier()
+        out_scale = 1.0 if multiplier is None else float(np.asarray(multiplier))
+        logit_scale = (scale * out_scale).astype(np.float32)
+        return BinaryDenseStage(in_shape=(in_features,), weight_bits=bits, logit_scale=logit_scale, bias=bias)
+    if not fc.binarize_weights and not fc.binarize_activations:
+        weights = np.asarray(fc.kernel[...], np.float32)
+        return FloatDenseStage(in_shape=(in_features,), weights=weights, bias=bias)
+    raise ExportError("the last layer must be fully binary or full precision to export")
+
+
+def _output_shape(stage: Stage, out_channels: int) -> tuple[int, int, int]:
+    """The ``(H, W, C)`` a conv stage produces (after its pool)."""
+    h, w, _ = stage.in_shape
+    k, s, p = stage.kernel_size, stage.stride, stage.pad
+    h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    if stage.pool != "none":
+        h, w = (-(-h // 2), -(-w // 2)) if stage.ceil_pool else (h // 2, w // 2)
+    return h, w, out_channels
+
+
+def fold(model: nnx.Module, config: ml_collections.ConfigDict) -> FoldedModel:
+    """Fold a trained model (float32, eval mode) into integer thresholds and weight bits."""
+    if not hasattr(model, "export_stages"):
+        raise ExportError(
+            f"export supports {list(EXPORTABLE)}; {config.model!r} adds real-valued shortcuts before "
+            f"each sign, which is not an XNOR-popcount-threshold pipeline"
+        )
+    conv_specs, fc = model.export_stages()
+    shape = model_input_shape(config)
+    stages: list[Stage] = []
+    for spec in conv_specs:
+        stages.append(fold_conv(spec, shape, first=not stages))
+        shape = _output_shape(stages[-1], spec.conv.out_features)
+    stages.append(fold_classifier(fc, int(np.prod(shape))))
+    return FoldedModel(stages, config.input_encoding, config.encoding_levels, config.dataset, config.model)

@@ -1,0 +1,161 @@
+"""Backend policy: what a run asks of XLA and of the devices, decided per backend, applied before JAX starts.
+
+The fields decided here never change what a run computes (they are ``checkpointing.OPERATIONAL_FIELDS``):
+
+- ``cpu_devices``: split the CPU platform into N JAX devices, so that XLA:CPU's single-threaded
+  kernels of different batch shards run on different cores;
+- ``xla_flags``: extra XLA flags appended to ``$XLA_FLAGS`` ("auto" = ``AUTO_XLA_FLAGS``);
+- ``steps_per_call`` / ``unroll_steps``: train steps per device call and whether that loop is unrolled;
+- ``fusion_barriers``: store the ResNets' residual stream once per block (and the compiler option
+  that keeps those barriers).
+
+Why each default is what it is, with the measurements, is in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+
+AUTO_ON_OFF = ("auto", "on", "off")
+
+# steps_per_call=-1 ("auto") per backend; TPU (not measured yet) and others get 1.
+CPU_STEPS_PER_CALL = 4
+GPU_STEPS_PER_CALL = 8
+
+# xla_flags="auto": convolutions join the CUDA graphs XLA records ("command buffers"; its defaults leave
+# them out, so each convolution splits the graphs). A GPU-only flag: the other backends ignore it.
+AUTO_XLA_FLAGS = "--xla_gpu_enable_command_buffer=+CONVOLUTION"
+
+
+def on_or_auto_on_cpu(config: ml_collections.ConfigDict, field: str) -> bool:
+    """An ``AUTO_ON_OFF`` field: "on", or "auto" on the CPU backend."""
+    value = config[field]
+    if value not in AUTO_ON_OFF:
+        raise ValueError(f"{field} must be one of {list(AUTO_ON_OFF)}, got {value!r}")
+    return value == "on" or (value == "auto" and jax.default_backend() == "cpu")
+
+
+def use_fusion_barriers(config: ml_collections.ConfigDict) -> bool:
+    """Whether the residual stream is materialized (``fusion_barriers``; "auto" = on the CPU backend,
+    where XLA:CPU otherwise recomputes the chain of earlier blocks inside every fusion)."""
+    return on_or_auto_on_cpu(config, "fusion_barriers")
+
+
+def use_unrolled_steps(config: ml_collections.ConfigDict) -> bool:
+    """Whether ``steps.make_multi_step`` unrolls its loop (``unroll_steps``; "auto" = on the CPU backend,
+    where XLA:CPU runs the convolutions of a loop body on a slower generic path)."""
+    return on_or_auto_on_cpu(config, "unroll_steps")
+
+
+def steps_per_call(config: ml_collections.ConfigDict) -> int:
+    """Train steps per device call: ``config.steps_per_call``, or for -1 ("auto") ``CPU_STEPS_PER_CALL``
+    on the CPU backend (XLA:CPU maps a fresh temporary buffer for every call; S steps share one),
+    ``GPU_STEPS_PER_CALL`` on GPU (a small net's step is launch-bound) and 1 elsewhere."""
+    if config.steps_per_call == -1:
+        return {"cpu": CPU_STEPS_PER_CALL, "gpu": GPU_STEPS_PER_CALL}.get(jax.default_backend(), 1)
+    if config.steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be >= 1 or -1 (auto), got {config.steps_per_call}")
+    return config.steps_per_call
+
+
+def compiler_options(config: ml_collections.ConfigDict) -> dict[str, str] | None:
+    """XLA options for the train/eval steps: keep the models' optimization barriers when they are used."""
+    return {"xla_disable_hlo_passes": "cse_barrier_expander"} if use_fusion_barriers(config) else None
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """``ValueError`` naming the value and the allowed ones for each backend-policy field."""
+    use_fusion_barriers(config)
+    use_unrolled_steps(config)
+    steps_per_call(config)
+
+
+# ------------------------------------------------------------------------ before JAX starts
+
+
+def configure_cpu_devices(count: int) -> bool:
+    """Split the CPU platform into ``count`` JAX devices (``count <= 0``: keep JAX's default of one).
+
+    JAX accepts this only before it starts its backends (``train.py`` and the benchmark call it first
+    thing; in a notebook call it right after ``import jax``). Returns whether the CPU platform now has
+    ``count`` devices (False when JAX had already started with another count).
+    """
+    if count <= 0:
+        return True
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # backends already initialized
+        return len(jax.devices("cpu")) == count
+    return True
+
+
+def xla_flag_names(flags: str) -> dict[str, str]:
+    """``{"--name": "--name=value"}`` for each flag of an XLA flag string (the last one of a name wins)."""
+    return {flag.split("=", 1)[0]: flag for flag in flags.split()}
+
+
+def configure_xla_flags(extra: str) -> bool:
+    """Append ``extra`` (e.g. ``"--xla_gpu_enable_command_buffer=+CONVOLUTION"``) to ``$XLA_FLAGS``;
+    a flag whose name ``$XLA_FLAGS`` already sets keeps the environment's value (see
+    ``xla_flags_overridden``), so the config's defaults never override a user's environment.
+
+    XLA reads ``$XLA_FLAGS`` once, when JAX starts its backends: ``train.py`` and the benchmark call
+    this first thing (an unknown flag then stops the process with XLA's own message). Returns whether
+    the flags take effect (False when JAX had already started; nothing is changed then).
+    """
+    env = os.environ.get("XLA_FLAGS", "")
+    env_names = xla_flag_names(env)
+    new = [flag for name, flag in xla_flag_names(extra).items() if name not in env_names]
+    if not new:  # nothing to add (also when train.py applied them before the trainer is called)
+        return True
+    if _backends_started():
+        return False
+    os.environ["XLA_FLAGS"] = " ".join([env.strip(), *new]).strip()
+    return True
+
+
+def xla_flags_overridden(extra: str) -> list[tuple[str, str]]:
+    """(flag of ``extra``, flag of ``$XLA_FLAGS``) for each name the environment sets to another value."""
+    env = xla_flag_names(os.environ.get("XLA_FLAGS", ""))
+    return [(flag, env[name]) for name, flag in xla_flag_names(extra).items() if name in env and env[name] != flag]
+
+
+def _backends_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # private API gone: assume started, never claim flags took effect
+        return True
+
+
+def xla_flags(config: ml_collections.ConfigDict) -> str:
+    """The XLA flags a run adds to ``$XLA_FLAGS``: ``config.xla_flags``, ``AUTO_XLA_FLAGS`` for "auto"."""
+    return AUTO_XLA_FLAGS if config.xla_flags == "auto" else config.xla_flags
+
+
+def configure_runtime(config: ml_collections.ConfigDict) -> list[str]:
+    """Apply the fields that must be set before JAX starts (``xla_flags``, ``cpu_devices``); returns a
+    warning for each one that could not be applied: JAX had already started, or (for flags the config
+    names, not "auto"'s) ``$XLA_FLAGS`` sets another value."""
+    flags, explicit = xla_flags(config), config.xla_flags != "auto"
+    warnings = [
+        f"xla_flags: {mine} not applied, $XLA_FLAGS sets {theirs}"
+        for mine, theirs in xla_flags_overridden(flags)
+        if explicit
+    ]
+    if not configure_xla_flags(flags) and explicit:
+        warnings.append(
+            f"xla_flags={config.xla_flags!r} not applied: JAX had already started (set them "
+            f"before JAX runs anything, e.g. via train.py, or in $XLA_FLAGS)"
+        )
+    if not configure_cpu_devices(config.cpu_devices) and jax.default_backend() == "cpu":
+        warnings.append(
+            f"cpu_devices={config.cpu_devices} not applied: JAX had already started with "
+            f"{len(jax.devices('cpu'))} CPU device(s) (set it before JAX runs anything, e.g. via "
+            f"train.py)"
+        )
+    return warnings
