@@ -27,8 +27,9 @@ def main(argv):
     if FLAGS.distributed:
         jax.distributed.initialize()
 
-    logging.info("JAX %s: process %d/%d, devices %s", jax.__version__, jax.process_index(), jax.process_count(),
-                 jax.devices())
+    logging.info(
+        "JAX %s: process %d/%d, devices %s", jax.__version__, jax.process_index(), jax.process_count(), jax.devices()
+    )
     if FLAGS.config.eval_only:
         trainer.evaluate_checkpoint(FLAGS.config, FLAGS.config.resume_dir or FLAGS.workdir)
     else:

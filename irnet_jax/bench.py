@@ -42,15 +42,25 @@ flags.DEFINE_list("models", [], "Models to run (default: the config's model).")
 flags.DEFINE_list("binary", ["true", "false"], "Binarization on (the config's setting) and/or off (full precision).")
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes.")
 flags.DEFINE_list("batch_size", ["128"], "Global training batch(es); one row per value.")
-flags.DEFINE_list("eval_batch_size", ["256"], "Global evaluation batch: one value for every row, or one per --batch_size.")
+flags.DEFINE_list(
+    "eval_batch_size", ["256"], "Global evaluation batch: one value for every row, or one per --batch_size."
+)
 flags.DEFINE_integer("steps", 20, "Timed steps per row (median reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_string("output", "", "Append the JSON lines to this file too.")
-flags.DEFINE_string("trace_dir", "", "Also trace --trace_steps back-to-back train steps per row (jax.profiler: "
-                    "TensorBoard profile + Perfetto trace) under this directory; the row gets a kernel summary.")
+flags.DEFINE_string(
+    "trace_dir",
+    "",
+    "Also trace --trace_steps back-to-back train steps per row (jax.profiler: "
+    "TensorBoard profile + Perfetto trace) under this directory; the row gets a kernel summary.",
+)
 flags.DEFINE_integer("trace_steps", 5, "Train calls (of --steps_per_call steps) per traced row.")
-flags.DEFINE_list("steps_per_call", [], "Train steps per device call (steps.make_multi_step); one row per "
-                  "value (default: the config's, resolved as the trainer does). The config's unroll_steps applies.")
+flags.DEFINE_list(
+    "steps_per_call",
+    [],
+    "Train steps per device call (steps.make_multi_step); one row per "
+    "value (default: the config's, resolved as the trainer does). The config's unroll_steps applies.",
+)
 flags.mark_flags_as_required(["config"])
 
 COMPARABILITY_NOTE = "Rows are comparable only within one run on one machine."
@@ -62,9 +72,16 @@ def _peak_device_mb() -> float | None:
     return None if peak is None else peak / 2**20
 
 
-def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch_size: int, steps: int,
-                  warmup: int, trace_dir: str = "", trace_steps: int = 5, steps_per_call: int = 1
-                  ) -> dict[str, Any]:
+def benchmark_row(
+    config: ml_collections.ConfigDict,
+    batch_size: int,
+    eval_batch_size: int,
+    steps: int,
+    warmup: int,
+    trace_dir: str = "",
+    trace_steps: int = 5,
+    steps_per_call: int = 1,
+) -> dict[str, Any]:
     """Measure one configuration; returns the JSON row (with ``profiling.kernel_summary`` fields when
     ``trace_dir`` is given). Each timed call runs ``steps_per_call`` train steps (the trainer's
     ``steps.make_multi_step``); per-step figures divide by it."""
@@ -81,8 +98,12 @@ def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch
     train_steps = make_multi_step(graphdef, tx, config, mesh)
     eval_step = make_eval_step(eval_graphdef(graphdef, state), config, mesh)
     key = jax.random.key(0)
-    orders = [mesh_lib.put_batch(np.stack([rng.permutation(n)[:batch_size] for _ in range(steps_per_call)])
-                                 .astype(np.int32), mesh, axis=1) for _ in range(4)]
+    orders = [
+        mesh_lib.put_batch(
+            np.stack([rng.permutation(n)[:batch_size] for _ in range(steps_per_call)]).astype(np.int32), mesh, axis=1
+        )
+        for _ in range(4)
+    ]
     ede = optim.stack_estimator_params([optim.estimator_params(config, 0, steps_per_epoch)] * steps_per_call)
     eval_idx = mesh_lib.put_batch(np.arange(eval_batch_size, dtype=np.int32), mesh)
     eval_mask = mesh_lib.put_batch(np.ones(eval_batch_size, np.float32), mesh)
@@ -102,46 +123,70 @@ def benchmark_row(config: ml_collections.ConfigDict, batch_size: int, eval_batch
     train_s = median_seconds(one_train_call, steps, warmup) / steps_per_call
     train_pipelined_s = pipelined_seconds(one_train_call, steps) / steps_per_call
     st = holder["state"]
-    eval_s = median_seconds(lambda: eval_compiled(st.params, st.batch_stats, images, labels, eval_idx, eval_mask),
-                             steps, warmup)
+    eval_s = median_seconds(
+        lambda: eval_compiled(st.params, st.batch_stats, images, labels, eval_idx, eval_mask), steps, warmup
+    )
     cost = train_compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else (cost or {})
     dtype = "bfloat16" if config.half_precision else "float32"
     trace = {}
     if trace_dir:
-        name = f"{config.model}_{'binary' if config.binary else 'float'}_{dtype}_b{batch_size}" + \
-            (f"_s{steps_per_call}" if steps_per_call > 1 else "")
+        name = f"{config.model}_{'binary' if config.binary else 'float'}_{dtype}_b{batch_size}" + (
+            f"_s{steps_per_call}" if steps_per_call > 1 else ""
+        )
         trace = profiling.kernel_summary(
             profiling.record_trace(one_train_call, trace_steps, os.path.join(trace_dir, name)),
-            trace_steps, steps_per_call)
+            trace_steps,
+            steps_per_call,
+        )
     return {
-        "model": config.model, "binary": bool(config.binary), "dtype": dtype,
-        "dataset": config.dataset, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
-        "steps_per_call": steps_per_call, "unroll_steps": runtime.use_unrolled_steps(config),
+        "model": config.model,
+        "binary": bool(config.binary),
+        "dtype": dtype,
+        "dataset": config.dataset,
+        "batch_size": batch_size,
+        "eval_batch_size": eval_batch_size,
+        "steps_per_call": steps_per_call,
+        "unroll_steps": runtime.use_unrolled_steps(config),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "train_images_per_second": batch_size / train_s, "eval_images_per_second": eval_batch_size / eval_s,
+        "train_images_per_second": batch_size / train_s,
+        "eval_images_per_second": eval_batch_size / eval_s,
         "train_images_per_second_pipelined": batch_size / train_pipelined_s,
-        "train_step_ms": 1e3 * train_s, "eval_step_ms": 1e3 * eval_s, "compile_seconds": compile_seconds,
+        "train_step_ms": 1e3 * train_s,
+        "eval_step_ms": 1e3 * eval_s,
+        "compile_seconds": compile_seconds,
         "train_step_gflops": float(cost.get("flops", 0.0)) / 1e9,
         "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_device_mb": _peak_device_mb(), "backend": jax.default_backend(), "device_count": jax.device_count(),
-        "device_kind": jax.devices()[0].device_kind, "jax_version": jax.__version__,
-        "date": datetime.date.today().isoformat(), **trace,
+        "peak_device_mb": _peak_device_mb(),
+        "backend": jax.default_backend(),
+        "device_count": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax_version": jax.__version__,
+        "date": datetime.date.today().isoformat(),
+        **trace,
     }
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'model':<10} {'binary':<6} {'dtype':<8} {'batch':>5} {'steps/call':>10} {'train img/s':>11} " \
-           f"{'pipelined':>10} " \
-           f"{'eval img/s':>10} {'train ms':>9} {'compile s':>9}"
+    head = (
+        f"{'model':<10} {'binary':<6} {'dtype':<8} {'batch':>5} {'steps/call':>10} {'train img/s':>11} "
+        f"{'pipelined':>10} "
+        f"{'eval img/s':>10} {'train ms':>9} {'compile s':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['model']:<10} {str(r['binary']):<6} {r['dtype']:<8} {r['batch_size']:>5} "
-                     f"{r['steps_per_call']:>10} {r['train_images_per_second']:>11.1f} {r['train_images_per_second_pipelined']:>10.1f} "
-                     f"{r['eval_images_per_second']:>10.1f} "
-                     f"{r['train_step_ms']:>9.1f} {r['compile_seconds']:>9.1f}")
-    lines.append(f"{rows[0]['backend']} x {rows[0]['device_count']} ({rows[0]['device_kind']}), JAX "
-                 f"{rows[0]['jax_version']}. {COMPARABILITY_NOTE}" if rows else COMPARABILITY_NOTE)
+        lines.append(
+            f"{r['model']:<10} {str(r['binary']):<6} {r['dtype']:<8} {r['batch_size']:>5} "
+            f"{r['steps_per_call']:>10} {r['train_images_per_second']:>11.1f} {r['train_images_per_second_pipelined']:>10.1f} "
+            f"{r['eval_images_per_second']:>10.1f} "
+            f"{r['train_step_ms']:>9.1f} {r['compile_seconds']:>9.1f}"
+        )
+    lines.append(
+        f"{rows[0]['backend']} x {rows[0]['device_count']} ({rows[0]['device_kind']}), JAX "
+        f"{rows[0]['jax_version']}. {COMPARABILITY_NOTE}"
+        if rows
+        else COMPARABILITY_NOTE
+    )
     return "\n".join(lines)
 
 
@@ -150,14 +195,25 @@ def batch_pairs(batch_sizes: list[int], eval_batch_sizes: list[int]) -> list[tup
     if len(eval_batch_sizes) == 1:
         eval_batch_sizes = eval_batch_sizes * len(batch_sizes)
     if len(eval_batch_sizes) != len(batch_sizes) or min(batch_sizes + eval_batch_sizes) < 1:
-        raise ValueError(f"--eval_batch_size={eval_batch_sizes} must be one positive value or one per "
-                         f"--batch_size={batch_sizes}")
+        raise ValueError(
+            f"--eval_batch_size={eval_batch_sizes} must be one positive value or one per --batch_size={batch_sizes}"
+        )
     return list(zip(batch_sizes, eval_batch_sizes))
 
 
-def run(config: ml_collections.ConfigDict, models: list[str], binary: list[bool], dtypes: list[str],
-        batch_sizes: list[tuple[int, int]], steps: int, warmup: int, output: str = "", trace_dir: str = "",
-        trace_steps: int = 5, steps_per_call: tuple[int, ...] = (1,)) -> list[dict[str, Any]]:
+def run(
+    config: ml_collections.ConfigDict,
+    models: list[str],
+    binary: list[bool],
+    dtypes: list[str],
+    batch_sizes: list[tuple[int, int]],
+    steps: int,
+    warmup: int,
+    output: str = "",
+    trace_dir: str = "",
+    trace_steps: int = 5,
+    steps_per_call: tuple[int, ...] = (1,),
+) -> list[dict[str, Any]]:
     """Benchmark every (model, binary, dtype, (batch, eval batch)) combination; print each JSON line as it is
     measured and the table at the end."""
     rows = []
@@ -201,8 +257,19 @@ def main(argv):
     steps_per_call = tuple(int(s) for s in FLAGS.steps_per_call) or (runtime.steps_per_call(FLAGS.config),)
     if min(steps_per_call) < 1:
         raise app.UsageError(f"--steps_per_call={list(steps_per_call)} must be positive")
-    run(FLAGS.config, FLAGS.models, [_parse_bool(b) for b in FLAGS.binary], FLAGS.dtypes, pairs, FLAGS.steps,
-        FLAGS.warmup, FLAGS.output, FLAGS.trace_dir, FLAGS.trace_steps, steps_per_call)
+    run(
+        FLAGS.config,
+        FLAGS.models,
+        [_parse_bool(b) for b in FLAGS.binary],
+        FLAGS.dtypes,
+        pairs,
+        FLAGS.steps,
+        FLAGS.warmup,
+        FLAGS.output,
+        FLAGS.trace_dir,
+        FLAGS.trace_steps,
+        steps_per_call,
+    )
 
 
 if __name__ == "__main__":

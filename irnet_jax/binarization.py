@@ -27,7 +27,8 @@ Every function here is pure and works on arrays of any shape.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -127,7 +128,7 @@ class EstimatorParams(NamedTuple):
     t_a: Array
 
     @classmethod
-    def constant(cls, k: float = 1.0, t: float = 1.0) -> "EstimatorParams":
+    def constant(cls, k: float = 1.0, t: float = 1.0) -> EstimatorParams:
         """The same ``(k, t)`` for weights and activations (e.g. at evaluation, where it is unused)."""
         k_, t_ = jnp.float32(k), jnp.float32(t)
         return cls(k_, t_, k_, t_)

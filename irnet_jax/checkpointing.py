@@ -12,18 +12,33 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 # Config fields that may change between a run and its resumption: they do not alter the result.
-OPERATIONAL_FIELDS = frozenset({
-    "data_dir", "download", "log_every_steps", "save_every_epochs", "keep_checkpoints", "resume_dir",
-    "eval_only", "eval_checkpoint", "eval_batch_size", "num_train_steps", "fusion_barriers",
-    "cpu_devices", "steps_per_call", "unroll_steps", "xla_flags",
-})
+OPERATIONAL_FIELDS = frozenset(
+    {
+        "data_dir",
+        "download",
+        "log_every_steps",
+        "save_every_epochs",
+        "keep_checkpoints",
+        "resume_dir",
+        "eval_only",
+        "eval_checkpoint",
+        "eval_batch_size",
+        "num_train_steps",
+        "fusion_barriers",
+        "cpu_devices",
+        "steps_per_call",
+        "unroll_steps",
+        "xla_flags",
+    }
+)
 
 
 # Training fields added after checkpoints were first written: a checkpoint without one was trained
@@ -67,33 +82,48 @@ def check_compatible(saved: Mapping[str, Any], config: ml_collections.ConfigDict
     current = training_fields(config)
     saved = {**{k: v for k, v in FIELDS_ADDED_LATER.items() if k in current}, **saved}
     keys = sorted(set(saved) | set(current))
-    diff = [f"{k}: checkpoint {saved.get(k, '<absent>')!r} vs config {current.get(k, '<absent>')!r}"
-            for k in keys if saved.get(k, "<absent>") != current.get(k, "<absent>")]
+    diff = [
+        f"{k}: checkpoint {saved.get(k, '<absent>')!r} vs config {current.get(k, '<absent>')!r}"
+        for k in keys
+        if saved.get(k, "<absent>") != current.get(k, "<absent>")
+    ]
     if diff:
-        raise CheckpointError(f"checkpoint in {where} was trained with another config ({'; '.join(diff)}); "
-                              f"resume with the same config or start a new workdir")
+        raise CheckpointError(
+            f"checkpoint in {where} was trained with another config ({'; '.join(diff)}); "
+            f"resume with the same config or start a new workdir"
+        )
 
 
 def open_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
     """A CheckpointManager keeping the latest ``keep`` steps and the best by ``val_accuracy``."""
-    policy = pp.AnyPreservationPolicy([
-        pp.LatestN(n=max(keep, 1)),
-        pp.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1, keep_checkpoints_without_metrics=False),
-    ])
+    policy = pp.AnyPreservationPolicy(
+        [
+            pp.LatestN(n=max(keep, 1)),
+            pp.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1, keep_checkpoints_without_metrics=False),
+        ]
+    )
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, best_fn=lambda m: m["val_accuracy"], best_mode="max",
-        read_only=read_only, create=not read_only, enable_async_checkpointing=False,
+        preservation_policy=policy,
+        best_fn=lambda m: m["val_accuracy"],
+        best_mode="max",
+        read_only=read_only,
+        create=not read_only,
+        enable_async_checkpointing=False,
     )
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "meta"))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: Mapping[str, Any],
-         val_accuracy: float | None) -> None:
+def save(
+    manager: ocp.CheckpointManager, step: int, state: Any, meta: Mapping[str, Any], val_accuracy: float | None
+) -> None:
     """Save ``state`` (a pytree of arrays) and ``meta`` (JSON) at ``step``; blocks until written."""
     metrics = None if val_accuracy is None else {"val_accuracy": float(val_accuracy)}
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               meta=ocp.args.JsonSave(dict(meta))),
-                 metrics=metrics, force=True)
+    manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))),
+        metrics=metrics,
+        force=True,
+    )
     manager.wait_until_finished()
 
 
@@ -117,8 +147,10 @@ def read_meta(workdir: str, step: int) -> dict[str, Any]:
     try:
         return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds for a damaged file
-        raise CheckpointError(f"checkpoint {checkpoint_dir(workdir)}/{step} metadata is unreadable "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        raise CheckpointError(
+            f"checkpoint {checkpoint_dir(workdir)}/{step} metadata is unreadable "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
 
 
 def restore_state(workdir: str, step: int, abstract_state: Any) -> Any:
@@ -128,6 +160,8 @@ def restore_state(workdir: str, step: int, abstract_state: Any) -> Any:
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     except Exception as e:  # noqa: BLE001
         first = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(f"checkpoint {checkpoint_dir(workdir)}/{step} cannot be restored into this model "
-                              f"({type(e).__name__}: {first[:300]})") from e
+        raise CheckpointError(
+            f"checkpoint {checkpoint_dir(workdir)}/{step} cannot be restored into this model "
+            f"({type(e).__name__}: {first[:300]})"
+        ) from e
     return restored.state

@@ -35,8 +35,9 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo("cifar10", "cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465),
-                           (0.2470, 0.2435, 0.2616), augment="crop_flip"),
+    "cifar10": DatasetInfo(
+        "cifar10", "cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment="crop_flip"
+    ),
     "mnist": DatasetInfo("mnist", "mnist", (28, 28, 1), 10, (0.1307,), (0.3081,), augment="none"),
 }
 
@@ -63,10 +64,12 @@ def resolve_data_dir(data_dir: str) -> str | None:
 
 
 def _prepare_hint(name: str, where: str) -> str:
-    return (f"dataset {name!r} is not prepared in {where}; prepare it once with TensorFlow installed: "
-            f"`python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{where}', "
-            f"file_format='array_record').download_and_prepare()\"`, or set config.data_dir / TFDS_DATA_DIR "
-            f"to a directory that holds {name}/")
+    return (
+        f"dataset {name!r} is not prepared in {where}; prepare it once with TensorFlow installed: "
+        f"`python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{where}', "
+        f"file_format='array_record').download_and_prepare()\"`, or set config.data_dir / TFDS_DATA_DIR "
+        f"to a directory that holds {name}/"
+    )
 
 
 def load_tfds_split(name: str, split: str, data_dir: str = "", download: bool = False) -> Split:
@@ -83,8 +86,9 @@ def load_tfds_split(name: str, split: str, data_dir: str = "", download: bool = 
     if where is not None and not os.path.isdir(where) and not download:
         raise DataError(f"data dir {where!r} does not exist; " + _prepare_hint(info.tfds_name, where))
     try:
-        sources = tfds.data_source(info.tfds_name, data_dir=where, download=download,
-                                   builder_kwargs={"file_format": "array_record"})
+        sources = tfds.data_source(
+            info.tfds_name, data_dir=where, download=download, builder_kwargs={"file_format": "array_record"}
+        )
     except Exception as e:  # noqa: BLE001 - TFDS raises many kinds; all mean "not readable here"
         raise DataError(f"{_prepare_hint(info.tfds_name, shown)} ({type(e).__name__}: {e})") from e
     if split not in sources or len(sources[split]) == 0:  # data_source is silently empty when unprepared
@@ -104,12 +108,13 @@ def train_validation_split(train: Split, validation_size: int, seed: int) -> tup
     if not 0 <= validation_size < n:
         raise ValueError(f"validation_size={validation_size} must be in [0, {n})")
     order = np.random.default_rng(seed).permutation(n)
-    keep, held = np.sort(order[: n - validation_size]), np.sort(order[n - validation_size:])
+    keep, held = np.sort(order[: n - validation_size]), np.sort(order[n - validation_size :])
     return Split(train.images[keep], train.labels[keep]), Split(train.images[held], train.labels[held])
 
 
-def load_dataset(name: str, data_dir: str = "", validation_size: int = 5000, seed: int = 0,
-                 download: bool = False) -> dict[str, Split]:
+def load_dataset(
+    name: str, data_dir: str = "", validation_size: int = 5000, seed: int = 0, download: bool = False
+) -> dict[str, Split]:
     """``{"train", "validation", "test"}`` splits of dataset ``name`` in host memory."""
     train = load_tfds_split(name, "train", data_dir, download)
     train, val = train_validation_split(train, validation_size, seed)
@@ -168,8 +173,16 @@ def augment_images(images: Array, key: Array, augment: str, crop_padding: int = 
     return images
 
 
-def preprocess(images_u8: Array, info: DatasetInfo, key: Array | None, dtype=jnp.float32,
-               encoding: str = "none", levels: int = 1, augment: str = "default", crop_padding: int = 4) -> Array:
+def preprocess(
+    images_u8: Array,
+    info: DatasetInfo,
+    key: Array | None,
+    dtype=jnp.float32,
+    encoding: str = "none",
+    levels: int = 1,
+    augment: str = "default",
+    crop_padding: int = 4,
+) -> Array:
     """Augment (training: when ``key`` is given, as ``augment`` says), then normalize, or encode into
     {-1, +1} planes (``encoding``, see ``irnet_jax.encoding``) for a binary first layer."""
     if key is not None:

@@ -11,7 +11,7 @@ The original's unfinished "3 channel => 9 channel" idea. Both encoders map ``[B,
 ``none`` is no encoding: the trainer then normalizes with the dataset mean/std as usual.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -97,9 +98,7 @@ def max_pool(x: Array, window: int = 2, *, ceil_mode: bool = False) -> Array:
     pads = [(0, 0)] * 4
     if ceil_mode:
         pads = [(0, 0)] + [(0, -size % window) for size in x.shape[1:3]] + [(0, 0)]
-    return jax.lax.reduce_window(
-        x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, window, window, 1), pads
-    )
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, window, window, 1), pads)
 
 
 def batch_norm(num_features: int, dtype: Dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -159,7 +158,7 @@ def pad_spatial(x: Array, pad: int, pad_value: str) -> Array:
     h, w = x.shape[1] + 2 * pad, x.shape[2] + 2 * pad
     rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
     border = np.ones((h, w), bool)
-    border[pad:h - pad, pad:w - pad] = False
+    border[pad : h - pad, pad : w - pad] = False
     fill = np.where(border, np.where((rows + cols) % 2 == 0, 1.0, -1.0), 0.0)
     return jnp.pad(x, widths) + jnp.asarray(fill[None, :, :, None], x.dtype)
 
@@ -169,8 +168,17 @@ class _BinaryLayer(nnx.Module):
 
     kernel_reduce_axes: tuple[int, ...] = ()
 
-    def _init_options(self, *, binarize_weights: bool, binarize_activations: bool, estimator: str,
-                      weight_scale: str, activation_std_norm: bool, dtype: Dtype, kernel: Array):
+    def _init_options(
+        self,
+        *,
+        binarize_weights: bool,
+        binarize_activations: bool,
+        estimator: str,
+        weight_scale: str,
+        activation_std_norm: bool,
+        dtype: Dtype,
+        kernel: Array,
+    ):
         if weight_scale not in WEIGHT_SCALES:
             raise ValueError(f"unknown weight_scale {weight_scale!r}; valid: {list(WEIGHT_SCALES)}")
         self.binarize_weights = binarize_weights
@@ -194,8 +202,14 @@ class _BinaryLayer(nnx.Module):
         w = self.kernel[...]
         if not self.binarize_weights:
             return w
-        wq = bz.libra_pb(w, ede.k_w, ede.t_w, reduce_axes=self.kernel_reduce_axes, estimator=self._estimator_fn,
-                         scale=self.weight_scale == "power_of_two")
+        wq = bz.libra_pb(
+            w,
+            ede.k_w,
+            ede.t_w,
+            reduce_axes=self.kernel_reduce_axes,
+            estimator=self._estimator_fn,
+            scale=self.weight_scale == "power_of_two",
+        )
         return wq * self.scale[...] if self.scale is not None else wq
 
     def quantized_input(self, x: Array, ede: bz.EstimatorParams) -> Array:
@@ -214,8 +228,13 @@ def _value(v: nnx.Param | float) -> Array | float:
 
 
 def _conv(x: Array, w: Array, strides: int, pad: int) -> Array:
-    return jax.lax.conv_general_dilated(x, w, window_strides=(strides, strides), padding=((pad, pad), (pad, pad)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=(strides, strides),
+        padding=((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
 
 
 class BinaryConv(_BinaryLayer):
@@ -249,10 +268,15 @@ class BinaryConv(_BinaryLayer):
         if pad_value not in PAD_VALUES:
             raise ValueError(f"unknown pad_value {pad_value!r}; valid: {list(PAD_VALUES)}")
         shape = (kernel_size, kernel_size, in_features, out_features)
-        self._init_options(binarize_weights=binarize_weights, binarize_activations=binarize_activations,
-                           estimator=estimator, weight_scale=weight_scale, activation_std_norm=activation_std_norm,
-                           dtype=dtype,
-                           kernel=kernel_init(rngs.params(), shape, jnp.float32))
+        self._init_options(
+            binarize_weights=binarize_weights,
+            binarize_activations=binarize_activations,
+            estimator=estimator,
+            weight_scale=weight_scale,
+            activation_std_norm=activation_std_norm,
+            dtype=dtype,
+            kernel=kernel_init(rngs.params(), shape, jnp.float32),
+        )
         self.in_features, self.out_features = in_features, out_features
         self.kernel_size, self.strides = kernel_size, strides
         self.padding = kernel_size // 2 if padding is None else padding
@@ -295,13 +319,24 @@ class ShiftBinaryConv(BinaryConv):
 
     branches = 2
 
-    def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
-                 learn_second_branch_scale: bool = False, second_branch_scale: float = 1.0, **kw):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int = 3,
+        *,
+        learn_second_branch_scale: bool = False,
+        second_branch_scale: float = 1.0,
+        **kw,
+    ):
         super().__init__(in_features, out_features, kernel_size, **kw)
         self.shift1 = nnx.Param(jnp.full((in_features,), 0.5, jnp.float32))
         self.shift2 = nnx.Param(jnp.full((in_features,), -0.5, jnp.float32))
-        self.branch_scale = (nnx.Param(jnp.asarray(second_branch_scale, jnp.float32)) if learn_second_branch_scale
-                             else float(second_branch_scale))
+        self.branch_scale = (
+            nnx.Param(jnp.asarray(second_branch_scale, jnp.float32))
+            if learn_second_branch_scale
+            else float(second_branch_scale)
+        )
 
     def __call__(self, x: Array, ede: bz.EstimatorParams | None = None) -> Array:
         self._check_input(x)
@@ -345,15 +380,19 @@ class BinaryDense(_BinaryLayer):
     ):
         if output_scale not in OUTPUT_SCALES:
             raise ValueError(f"unknown output_scale {output_scale!r}; valid: {list(OUTPUT_SCALES)}")
-        self._init_options(binarize_weights=binarize_weights, binarize_activations=binarize_activations,
-                           estimator=estimator, weight_scale=weight_scale, activation_std_norm=activation_std_norm,
-                           dtype=dtype,
-                           kernel=kernel_init(rngs.params(), (in_features, out_features), jnp.float32))
+        self._init_options(
+            binarize_weights=binarize_weights,
+            binarize_activations=binarize_activations,
+            estimator=estimator,
+            weight_scale=weight_scale,
+            activation_std_norm=activation_std_norm,
+            dtype=dtype,
+            kernel=kernel_init(rngs.params(), (in_features, out_features), jnp.float32),
+        )
         self.in_features, self.out_features = in_features, out_features
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
         self.output_normalizer = float(1.0 / np.sqrt(in_features))
-        self.output_scale = {"learned": nnx.Param(jnp.ones((), jnp.float32)), "fixed": 1.0,
-                             "none": None}[output_scale]
+        self.output_scale = {"learned": nnx.Param(jnp.ones((), jnp.float32)), "fixed": 1.0, "none": None}[output_scale]
 
     def output_multiplier(self) -> Array | float | None:
         """What the matmul output is multiplied by: ``alpha / sqrt(C_in)`` (``alpha`` learned or 1), or

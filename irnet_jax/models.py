@@ -15,15 +15,24 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import inspect
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from irnet_jax.binarization import EstimatorParams
-from irnet_jax.layers import (BinaryConv, BinaryDense, ShiftBinaryConv, batch_norm, hardtanh, materialize,
-                              max_pool, norm_layer)
+from irnet_jax.layers import (
+    BinaryConv,
+    BinaryDense,
+    ShiftBinaryConv,
+    batch_norm,
+    hardtanh,
+    materialize,
+    max_pool,
+    norm_layer,
+)
 
 Array = jax.Array
 
@@ -75,33 +84,55 @@ class Quantization:
     materialize_residuals: bool = False
 
     def _layer_options(self, on: bool) -> dict[str, Any]:
-        return dict(binarize_weights=on, binarize_activations=on and self.binarize_activations,
-                    estimator=self.estimator, weight_scale=self.weight_scale,
-                    activation_std_norm=self.activation_std_norm, dtype=self.dtype)
+        return dict(
+            binarize_weights=on,
+            binarize_activations=on and self.binarize_activations,
+            estimator=self.estimator,
+            weight_scale=self.weight_scale,
+            activation_std_norm=self.activation_std_norm,
+            dtype=self.dtype,
+        )
 
-    def conv(self, c_in: int, c_out: int, kernel_size: int = 3, *, binary: bool = True, rngs: nnx.Rngs,
-             **kw) -> BinaryConv:
+    def conv(
+        self, c_in: int, c_out: int, kernel_size: int = 3, *, binary: bool = True, rngs: nnx.Rngs, **kw
+    ) -> BinaryConv:
         on = self.binary and binary
         binary_input = on and self.binarize_activations
         options = self._layer_options(on)
         if binary_input:
             options["pad_value"] = self.pad_value
         if binary_input and self.shift_conv:
-            return ShiftBinaryConv(c_in, c_out, kernel_size, learn_second_branch_scale=self.shift_learn_second_scale,
-                                   second_branch_scale=self.shift_second_scale, rngs=rngs, **options, **kw)
+            return ShiftBinaryConv(
+                c_in,
+                c_out,
+                kernel_size,
+                learn_second_branch_scale=self.shift_learn_second_scale,
+                second_branch_scale=self.shift_second_scale,
+                rngs=rngs,
+                **options,
+                **kw,
+            )
         return BinaryConv(c_in, c_out, kernel_size, rngs=rngs, **options, **kw)
 
-    def dense(self, c_in: int, c_out: int, *, binary: bool = True, output_scale: str = "none",
-              rngs: nnx.Rngs) -> BinaryDense:
-        return BinaryDense(c_in, c_out, output_scale=output_scale, rngs=rngs, **self._layer_options(self.binary and binary))
+    def dense(
+        self, c_in: int, c_out: int, *, binary: bool = True, output_scale: str = "none", rngs: nnx.Rngs
+    ) -> BinaryDense:
+        return BinaryDense(
+            c_in, c_out, output_scale=output_scale, rngs=rngs, **self._layer_options(self.binary and binary)
+        )
 
     def first_conv(self, c_in: int, c_out: int, kernel_size: int = 3, *, rngs: nnx.Rngs, **kw) -> BinaryConv:
         return self.conv(c_in, c_out, kernel_size, binary=self.binary_first_layer, rngs=rngs, **kw)
 
     def last_dense(self, c_in: int, c_out: int, *, rngs: nnx.Rngs) -> BinaryDense:
         binary = self.binary and self.binary_last_layer
-        return self.dense(c_in, c_out, binary=self.binary_last_layer,
-                          output_scale=self.last_layer_output_scale if binary else "none", rngs=rngs)
+        return self.dense(
+            c_in,
+            c_out,
+            binary=self.binary_last_layer,
+            output_scale=self.last_layer_output_scale if binary else "none",
+            rngs=rngs,
+        )
 
     def norm_layer(self, num_features: int, rngs: nnx.Rngs) -> nnx.Module:
         return norm_layer(self.norm, num_features, self.dtype, rngs)
@@ -158,8 +189,11 @@ def architecture_options(name: str) -> dict[str, Any]:
     builder = _MODELS[name]
     fn = builder.__init__ if isinstance(builder, type) else builder
     common = {"self", "input_shape", "num_classes", "q", "rngs"}
-    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
-            if p.name not in common and p.kind is p.KEYWORD_ONLY}
+    return {
+        p.name: p.default
+        for p in inspect.signature(fn).parameters.values()
+        if p.name not in common and p.kind is p.KEYWORD_ONLY
+    }
 
 
 def _pooled(size: int, times: int, ceil_mode: bool = False) -> int:
@@ -174,8 +208,15 @@ class VGGSmall(nnx.Module):
     conv-bn, conv-pool-bn-hardtanh, conv-bn-hardtanh, conv-pool-bn-hardtanh, conv-bn-hardtanh,
     conv-pool-bn-hardtanh, fc. 3x3 convs, stride 1, padding 1; 2x2 max-pools."""
 
-    def __init__(self, *, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs,
-                 widths: Sequence[int] = (128, 128, 256, 256, 512, 512)):
+    def __init__(
+        self,
+        *,
+        input_shape,
+        num_classes,
+        q: Quantization,
+        rngs: nnx.Rngs,
+        widths: Sequence[int] = (128, 128, 256, 256, 512, 512),
+    ):
         h, w, c = input_shape
         self.widths = tuple(widths)
         ins = (c,) + self.widths[:-1]
@@ -212,8 +253,7 @@ class AlexNet(nnx.Module):
     28x28 MNIST keeps a 1x1 map (CIFAR: 32 -> 8 -> 4 -> 2 -> 1, MNIST: 28 -> 7 -> 4 -> 2 -> 1)."""
 
     # (out channels, kernel, stride, pool after)
-    layers_spec = ((64, 11, 4, True), (192, 5, 1, True), (384, 3, 1, False), (256, 3, 1, False),
-                   (256, 3, 1, True))
+    layers_spec = ((64, 11, 4, True), (192, 5, 1, True), (384, 3, 1, False), (256, 3, 1, False), (256, 3, 1, True))
 
     def __init__(self, *, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs):
         h, w, c_in = input_shape
@@ -300,9 +340,19 @@ class CifarResNet(nnx.Module):
     """CIFAR ResNet: 3x3 stem conv-BN-hardtanh (no max-pool), stages of blocks (the first block of
     every stage but the first has stride 2), global average pool, optional BatchNorm, linear."""
 
-    def __init__(self, *, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs,
-                 widths: Sequence[int], blocks: Sequence[int], shortcut: str, bn_before_fc: bool,
-                 block: str = "bireal"):
+    def __init__(
+        self,
+        *,
+        input_shape,
+        num_classes,
+        q: Quantization,
+        rngs: nnx.Rngs,
+        widths: Sequence[int],
+        blocks: Sequence[int],
+        shortcut: str,
+        bn_before_fc: bool,
+        block: str = "bireal",
+    ):
         if block not in BLOCKS:
             raise ValueError(f"unknown block {block!r}; valid: {sorted(BLOCKS)}")
         c = input_shape[2]
@@ -333,25 +383,43 @@ class CifarResNet(nnx.Module):
 def resnet20(*, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs, block: str = "bireal") -> CifarResNet:
     """ResNet-20 as IR-Net's official 1w1a code: 16/32/64 x 3 Bi-Real blocks, option-A shortcuts,
     BatchNorm before the linear layer. ``block="basic"`` gives the standard two-conv block."""
-    return CifarResNet(input_shape=input_shape, num_classes=num_classes, q=q, rngs=rngs, widths=(16, 32, 64),
-                       blocks=(3, 3, 3), shortcut="A", bn_before_fc=True, block=block)
+    return CifarResNet(
+        input_shape=input_shape,
+        num_classes=num_classes,
+        q=q,
+        rngs=rngs,
+        widths=(16, 32, 64),
+        blocks=(3, 3, 3),
+        shortcut="A",
+        bn_before_fc=True,
+        block=block,
+    )
 
 
 @register_model("resnet18")
 def resnet18(*, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs, block: str = "bireal") -> CifarResNet:
     """CIFAR ResNet-18 (IR-Net's CIFAR code): 3x3 stem, no max-pool, 64/128/256/512 x 2 blocks,
     option-B (full-precision 1x1 conv + BN) downsampling shortcuts, no BatchNorm before the linear."""
-    return CifarResNet(input_shape=input_shape, num_classes=num_classes, q=q, rngs=rngs,
-                       widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), shortcut="B", bn_before_fc=False,
-                       block=block)
+    return CifarResNet(
+        input_shape=input_shape,
+        num_classes=num_classes,
+        q=q,
+        rngs=rngs,
+        widths=(64, 128, 256, 512),
+        blocks=(2, 2, 2, 2),
+        shortcut="B",
+        bn_before_fc=False,
+        block=block,
+    )
 
 
 @register_model("mnistnet")
 class MNISTNet(nnx.Module):
     """The original's small MNIST net: three 3x3 convs (32, 64, 128), each conv-pool-bn-hardtanh, fc."""
 
-    def __init__(self, *, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs,
-                 widths: Sequence[int] = (32, 64, 128)):
+    def __init__(
+        self, *, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs, widths: Sequence[int] = (32, 64, 128)
+    ):
         h, w, c = input_shape
         ins = (c,) + tuple(widths[:-1])
         self.convs = nnx.List(

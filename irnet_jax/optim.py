@@ -81,9 +81,7 @@ def estimator_params_of_steps(
     config: ml_collections.ConfigDict, first: int, count: int, steps_per_epoch: int
 ) -> bz.EstimatorParams:
     """``(k, t)`` of steps ``first .. first + count - 1`` as ``[count]`` arrays."""
-    return stack_estimator_params(
-        [estimator_params(config, s, steps_per_epoch) for s in range(first, first + count)]
-    )
+    return stack_estimator_params([estimator_params(config, s, steps_per_epoch) for s in range(first, first + count)])
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -13,7 +13,8 @@ import glob
 import gzip
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -48,8 +49,9 @@ def kernel_summary(trace_path: str, steps: int, steps_per_call: int = 1) -> dict
     with gzip.open(trace_path, "rt", encoding="utf-8") as f:
         events = json.load(f)["traceEvents"]
     processes = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
-    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
-               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    threads = {
+        (e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"
+    }
     device = {key: name for key, name in threads.items() if processes.get(key[0], "").startswith("/device:")}
     if device:
         streams = {key for key, name in device.items() if name.startswith("Stream")}

@@ -5,7 +5,7 @@ Each train step reads its batch by index from the device-resident uint8 training
 arguments: no recompilation as they change) and applies the optimizer. The state is donated.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -12,7 +12,7 @@ a shift folded into the following threshold), and are not counted.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -82,16 +82,19 @@ def summarize(model: nnx.Module, input_shape: Sequence[int]) -> ModelSummary:
         else:
             assert isinstance(m, BinaryDense)
             macs, kind = m.in_features * m.out_features, "dense"
-        layers.append(LayerSummary(
-            name=names.get(id(m), "?"), kind=kind,
-            weights="1-bit" if m.binarize_weights else "float",
-            inputs="1-bit" if m.binarize_activations else "float",
-            output_shape=tuple(call.output_shape[1:]),
-            binary_params=kernel_size if m.binarize_weights else 0,
-            float_params=bias_size + (0 if m.binarize_weights else kernel_size),
-            binary_macs=macs if m.is_binary else 0,
-            float_macs=0 if m.is_binary else macs,
-        ))
+        layers.append(
+            LayerSummary(
+                name=names.get(id(m), "?"),
+                kind=kind,
+                weights="1-bit" if m.binarize_weights else "float",
+                inputs="1-bit" if m.binarize_activations else "float",
+                output_shape=tuple(call.output_shape[1:]),
+                binary_params=kernel_size if m.binarize_weights else 0,
+                float_params=bias_size + (0 if m.binarize_weights else kernel_size),
+                binary_macs=macs if m.is_binary else 0,
+                float_macs=0 if m.is_binary else macs,
+            )
+        )
     total = sum(int(v.size) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
     return ModelSummary(tuple(layers), other_float_params=total - counted)
 
@@ -103,11 +106,23 @@ def _fmt(n: float) -> str:
 def format_summary(s: ModelSummary, title: str = "") -> str:
     """A fixed-width table: one row per layer, then totals and the model size."""
     head = ("layer", "weights", "inputs", "output", "1-bit params", "float params", "1-bit MACs", "float MACs")
-    rows = [(l.name, l.weights, l.inputs, "x".join(map(str, l.output_shape)), _fmt(l.binary_params),
-             _fmt(l.float_params), _fmt(l.binary_macs), _fmt(l.float_macs)) for l in s.layers]
+    rows = [
+        (
+            l.name,
+            l.weights,
+            l.inputs,
+            "x".join(map(str, l.output_shape)),
+            _fmt(l.binary_params),
+            _fmt(l.float_params),
+            _fmt(l.binary_macs),
+            _fmt(l.float_macs),
+        )
+        for l in s.layers
+    ]
     rows.append(("(norms, scales, shifts)", "", "", "", "0", _fmt(s.other_float_params), "0", "0"))
-    rows.append(("total", "", "", "", _fmt(s.binary_params), _fmt(s.float_params), _fmt(s.binary_macs),
-                 _fmt(s.float_macs)))
+    rows.append(
+        ("total", "", "", "", _fmt(s.binary_params), _fmt(s.float_params), _fmt(s.binary_macs), _fmt(s.float_macs))
+    )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     line = lambda r: "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     sep = "-" * len(line(head))

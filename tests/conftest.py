@@ -11,8 +11,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def data_dir() -> str:
     path = os.environ.get("TFDS_DATA_DIR") or str(REPO.parent / "shared" / "data" / "tensorflow_datasets")
     if not os.path.isdir(os.path.join(path, "mnist")):
-        pytest.fail(f"TFDS data not found in {path}: set TFDS_DATA_DIR to a directory holding prepared "
-                    f"mnist/ and cifar10/ (README, 'Tests')")
+        pytest.fail(
+            f"TFDS data not found in {path}: set TFDS_DATA_DIR to a directory holding prepared "
+            f"mnist/ and cifar10/ (README, 'Tests')"
+        )
     return path
 
 

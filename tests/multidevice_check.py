@@ -32,20 +32,31 @@ def main(data_dir: str, workdir: str) -> None:
         losses = []
         for i in range(3):
             idx = mesh_lib.put_batch(np.arange(128 * i, 128 * (i + 1), dtype=np.int32), mesh)
-            state, m = step(state, dev_images, dev_labels, idx, optim.estimator_params(config, i, 8),
-                            jax.random.key(0))
+            state, m = step(state, dev_images, dev_labels, idx, optim.estimator_params(config, i, 8), jax.random.key(0))
             losses.append(float(m.compute()["loss"]))
         shardings = {str(x.sharding.spec) for x in jax.tree.leaves(state)}
         results[n] = (jax.device_get(state), losses, shardings, len(idx.sharding.device_set))
     (s1, l1, _, _), (s2, l2, spec2, batch_devices) = results[1], results[2]
-    diffs = [float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-             for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2))]
+    diffs = [
+        float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+        for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2))
+    ]
     stats1 = jax.tree.leaves(s1.batch_stats)
     summary = trainer.train_and_evaluate(config, workdir)
-    print(json.dumps({"max_abs_param_diff": max(diffs), "losses_1": l1, "losses_2": l2,
-                      "state_specs_2": sorted(spec2), "batch_devices_2": batch_devices,
-                      "max_abs_batch_stat": max(float(np.max(np.abs(s))) for s in stats1),
-                      "run_device_count": summary["device_count"], "run_test_accuracy": summary["final_test_accuracy"]}))
+    print(
+        json.dumps(
+            {
+                "max_abs_param_diff": max(diffs),
+                "losses_1": l1,
+                "losses_2": l2,
+                "state_specs_2": sorted(spec2),
+                "batch_devices_2": batch_devices,
+                "max_abs_batch_stat": max(float(np.max(np.abs(s))) for s in stats1),
+                "run_device_count": summary["device_count"],
+                "run_test_accuracy": summary["final_test_accuracy"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

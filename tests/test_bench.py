@@ -7,21 +7,53 @@ import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FIELDS = {"model", "binary", "dtype", "batch_size", "train_images_per_second", "eval_images_per_second",
-          "compile_seconds", "backend", "device_count", "peak_host_mb", "peak_device_mb", "eval_batch_size",
-          "train_images_per_second_pipelined", "steps_per_call", "unroll_steps", "xla_flags"}
+FIELDS = {
+    "model",
+    "binary",
+    "dtype",
+    "batch_size",
+    "train_images_per_second",
+    "eval_images_per_second",
+    "compile_seconds",
+    "backend",
+    "device_count",
+    "peak_host_mb",
+    "peak_device_mb",
+    "eval_batch_size",
+    "train_images_per_second_pipelined",
+    "steps_per_call",
+    "unroll_steps",
+    "xla_flags",
+}
 
 
 def test_bench_cli_tiny_mode(tmp_path):
     out = tmp_path / "rows.jsonl"
-    r = subprocess.run([sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py",
-                        "--binary=true,false", "--dtypes=float32,bfloat16", "--batch_size=8,16", "--eval_batch_size=8",
-                        "--steps=2", "--warmup=1", f"--output={out}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "irnet_jax.bench",
+            "--config",
+            "configs/smoke.py",
+            "--binary=true,false",
+            "--dtypes=float32,bfloat16",
+            "--batch_size=8,16",
+            "--eval_batch_size=8",
+            "--steps=2",
+            "--warmup=1",
+            f"--output={out}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     assert [(row["binary"], row["dtype"], row["batch_size"]) for row in rows] == [
-        (b, d, n) for b in (True, False) for d in ("float32", "bfloat16") for n in (8, 16)]
+        (b, d, n) for b in (True, False) for d in ("float32", "bfloat16") for n in (8, 16)
+    ]
     for row in rows:
         assert FIELDS <= set(row), FIELDS - set(row)
         assert row["model"] == "mnistnet" and row["eval_batch_size"] == 8 and row["device_count"] >= 1
@@ -32,32 +64,85 @@ def test_bench_cli_tiny_mode(tmp_path):
 
 def test_bench_steps_per_call_rows(tmp_path):
     out = tmp_path / "rows.jsonl"
-    r = subprocess.run([sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py", "--binary=true",
-                        "--dtypes=float32", "--batch_size=8", "--eval_batch_size=8", "--steps=2", "--warmup=1",
-                        "--steps_per_call=1,3", f"--output={out}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "irnet_jax.bench",
+            "--config",
+            "configs/smoke.py",
+            "--binary=true",
+            "--dtypes=float32",
+            "--batch_size=8",
+            "--eval_batch_size=8",
+            "--steps=2",
+            "--warmup=1",
+            "--steps_per_call=1,3",
+            f"--output={out}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     assert [row["steps_per_call"] for row in rows] == [1, 3]
     assert all(FIELDS <= set(row) and row["train_images_per_second"] > 0 for row in rows)
     assert rows[1]["unroll_steps"] is True  # "auto" on CPU
-    bad = subprocess.run([sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py",
-                          "--steps_per_call=0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py", "--steps_per_call=0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "--steps_per_call=[0] must be positive" in bad.stderr
 
 
 def test_bench_rejects_mismatched_batch_lists():
-    r = subprocess.run([sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py",
-                        "--batch_size=8,16,32", "--eval_batch_size=8,16"], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "irnet_jax.bench",
+            "--config",
+            "configs/smoke.py",
+            "--batch_size=8,16,32",
+            "--eval_batch_size=8,16",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode != 0 and "--eval_batch_size=[8, 16] must be one positive value or one per" in r.stderr
 
 
 def test_bench_trace_dir_records_a_trace_and_summarizes_its_kernels(tmp_path):
     out = tmp_path / "rows.jsonl"
-    r = subprocess.run([sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py", "--binary=true",
-                        "--dtypes=float32", "--batch_size=8", "--eval_batch_size=8", "--steps=2", "--warmup=1",
-                        f"--trace_dir={tmp_path / 'trace'}", "--trace_steps=2", f"--output={out}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "irnet_jax.bench",
+            "--config",
+            "configs/smoke.py",
+            "--binary=true",
+            "--dtypes=float32",
+            "--batch_size=8",
+            "--eval_batch_size=8",
+            "--steps=2",
+            "--warmup=1",
+            f"--trace_dir={tmp_path / 'trace'}",
+            "--trace_steps=2",
+            f"--output={out}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (row,) = [json.loads(l) for l in out.read_text().splitlines()]
     trace = pathlib.Path(row["trace_path"])
@@ -72,14 +157,18 @@ def test_kernel_summary_reads_the_device_stream_timelines(tmp_path):
     device's op and module lines and the host's threads are listed but not counted as kernels."""
     from irnet_jax.profiling import kernel_summary
 
-    meta = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
-            {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}},
-            {"ph": "M", "pid": 1, "tid": 10, "name": "thread_name", "args": {"name": "Stream #13(Compute)"}},
-            {"ph": "M", "pid": 1, "tid": 11, "name": "thread_name", "args": {"name": "XLA Ops"}},
-            {"ph": "M", "pid": 2, "tid": 20, "name": "thread_name", "args": {"name": "python"}}]
+    meta = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}},
+        {"ph": "M", "pid": 1, "tid": 10, "name": "thread_name", "args": {"name": "Stream #13(Compute)"}},
+        {"ph": "M", "pid": 1, "tid": 11, "name": "thread_name", "args": {"name": "XLA Ops"}},
+        {"ph": "M", "pid": 2, "tid": 20, "name": "thread_name", "args": {"name": "python"}},
+    ]
     kernels = [{"ph": "X", "pid": 1, "tid": 10, "name": f"fusion_{i % 3}", "ts": 10 * i, "dur": 4} for i in range(30)]
-    others = [{"ph": "X", "pid": 1, "tid": 11, "name": "fusion.1", "ts": 0, "dur": 100},
-              {"ph": "X", "pid": 2, "tid": 20, "name": "PjitFunction", "ts": 0, "dur": 500}]
+    others = [
+        {"ph": "X", "pid": 1, "tid": 11, "name": "fusion.1", "ts": 0, "dur": 100},
+        {"ph": "X", "pid": 2, "tid": 20, "name": "PjitFunction", "ts": 0, "dur": 500},
+    ]
     path = tmp_path / "perfetto_trace.json.gz"
     with gzip.open(path, "wt") as f:
         json.dump({"traceEvents": meta + kernels + others}, f)
@@ -88,5 +177,7 @@ def test_kernel_summary_reads_the_device_stream_timelines(tmp_path):
     per_call_of_5 = kernel_summary(str(path), steps=2, steps_per_call=5)  # 3 calls of 5 train steps
     assert per_call_of_5["trace_kernel_events_per_step"] == 2 and per_call_of_5["trace_kernel_ms_per_step"] == 0.008
     assert [name for name, _ in s["trace_top_kernels"]] == ["fusion_0", "fusion_1", "fusion_2"]
-    assert s["trace_timelines"] == {"/device:GPU:0 Stream #13(Compute)": [10.0, 0.04],
-                                    "/device:GPU:0 XLA Ops": [0.3, 0.033]}
+    assert s["trace_timelines"] == {
+        "/device:GPU:0 Stream #13(Compute)": [10.0, 0.04],
+        "/device:GPU:0 XLA Ops": [0.3, 0.033],
+    }

@@ -123,8 +123,9 @@ def test_binary_conv_and_dense_see_only_pm1_inputs_and_pm_scale_weights(dtype):
     assert y.dtype == dtype
 
 
-@pytest.mark.parametrize("pad_value,border", [("zero", {0.0}), ("one", {1.0}), ("minus_one", {-1.0}),
-                                              ("checkerboard", {-1.0, 1.0})])
+@pytest.mark.parametrize(
+    "pad_value,border", [("zero", {0.0}), ("one", {1.0}), ("minus_one", {-1.0}), ("checkerboard", {-1.0, 1.0})]
+)
 def test_padding_values_reach_the_convolution(pad_value, border):
     conv = BinaryConv(2, 3, 3, pad_value=pad_value, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (1, 4, 4, 2))

@@ -20,14 +20,16 @@ def windows(images, padding):
     x = np.pad(np.asarray(images), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     h, w = images.shape[1:3]
     p = 2 * padding + 1
-    return np.stack([np.stack([x[:, i:i + h, j:j + w] for j in range(p)], 1) for i in range(p)], 1)
+    return np.stack([np.stack([x[:, i : i + h, j : j + w] for j in range(p)], 1) for i in range(p)], 1)
 
 
 def test_default_resolves_to_the_datasets_own():
     assert data_lib.resolve_augment("default", CIFAR) == "crop_flip"
     assert data_lib.resolve_augment("default", MNIST) == "none"
     assert data_lib.resolve_augment("crop", MNIST) == "crop"
-    with pytest.raises(ValueError, match=r"unknown augment 'rotate'; valid: \['default', 'none', 'crop', 'crop_flip'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown augment 'rotate'; valid: \['default', 'none', 'crop', 'crop_flip'\]"
+    ):
         data_lib.resolve_augment("rotate", CIFAR)
 
 

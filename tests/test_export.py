@@ -14,8 +14,8 @@ from flax import nnx
 from configs import default
 from irnet_jax import binarization as bz
 from irnet_jax import export, trainer
-from irnet_jax.train_state import build_model
 from irnet_jax.layers import BinaryConv, record_layer_calls
+from irnet_jax.train_state import build_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def randomize(model, seed):
     norms = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
     for conv, bn in zip(convs, norms):
         c = bn.mean[...].shape[0]
-        fan_in = conv.kernel_size ** 2 * conv.in_features
+        fan_in = conv.kernel_size**2 * conv.in_features
         s = np.abs(np.asarray(conv.quantized_kernel(ede)).reshape(-1, c)[0])
         d0 = rng.integers(-fan_in // 4, fan_in // 4 + 1, c)  # a tie at D = d0 where gamma = 1, beta = 0
         mean = s * (d0 + rng.normal(0, 3, c) * (rng.random(c) < 0.5))
@@ -71,6 +71,7 @@ CASES = [
 def test_folding_equals_the_float_model(case, seed):
     name, dataset, kw = CASES[case]
     import ml_collections
+
     extra = {k: v for k, v in kw.items() if k != "model_kwargs"}
     config = fully_binary_config(name, dataset, **extra)
     if "model_kwargs" in kw:
@@ -181,10 +182,22 @@ def run_iverilog(out, layer, image=0, corrupt=False, tmp=None):
         expected.write_text("\n".join(lines) + "\n")
     npos = len(read_lines(g / f"L{layer}_patches.memb"))
     binary = (tmp or out) / "tb.vvp"
-    defs = {"WEIGHTS": out / entry["weights_memb"], "THRESH": out / entry["thresholds_memb"],
-            "FLIPS": out / entry["flips_memb"], "PATCHES": g / f"L{layer}_patches.memb", "EXPECTED": expected}
-    cmd = ["iverilog", "-g2012", "-o", str(binary), f"-Pxnor_layer_tb.K={entry['fan_in']}",
-           f"-Pxnor_layer_tb.COUT={entry['out_channels']}", f"-Pxnor_layer_tb.NPOS={npos}"]
+    defs = {
+        "WEIGHTS": out / entry["weights_memb"],
+        "THRESH": out / entry["thresholds_memb"],
+        "FLIPS": out / entry["flips_memb"],
+        "PATCHES": g / f"L{layer}_patches.memb",
+        "EXPECTED": expected,
+    }
+    cmd = [
+        "iverilog",
+        "-g2012",
+        "-o",
+        str(binary),
+        f"-Pxnor_layer_tb.K={entry['fan_in']}",
+        f"-Pxnor_layer_tb.COUT={entry['out_channels']}",
+        f"-Pxnor_layer_tb.NPOS={npos}",
+    ]
     cmd += [f'-D{k}="{v}"' for k, v in defs.items()] + [str(REPO / "hw" / "xnor_layer_tb.v")]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return subprocess.run(["vvp", "-n", str(binary)], capture_output=True, text=True, timeout=300).stdout
@@ -209,8 +222,21 @@ def test_export_command_on_a_trained_fully_binary_mnist_net(tfds_dir, tmp_path):
     config.eval_batch_size, config.log_every_steps = 1000, 20
     workdir, out = tmp_path / "run", tmp_path / "export"
     trainer.train_and_evaluate(config, str(workdir))
-    command = [sys.executable, "-m", "irnet_jax.export", "--checkpoint", str(workdir), "--out", str(out),
-               "--num_images", "2", "--verify", "10000", "--data_dir", tfds_dir]
+    command = [
+        sys.executable,
+        "-m",
+        "irnet_jax.export",
+        "--checkpoint",
+        str(workdir),
+        "--out",
+        str(out),
+        "--num_images",
+        "2",
+        "--verify",
+        "10000",
+        "--data_dir",
+        tfds_dir,
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())

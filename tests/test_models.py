@@ -66,9 +66,10 @@ def test_registry_lists_every_topology():
 def test_unknown_model_and_option_list_valid_ones():
     with pytest.raises(ValueError, match=r"unknown model 'vgg7'.*'vgg_small'"):
         models.create_model("vgg7", input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"unknown model option\(s\) \['halfprec'\] for 'vgg_small'.*'dtype'.*'widths'"):
-        models.create_model("vgg_small", input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0),
-                            halfprec=True)
+    with pytest.raises(
+        ValueError, match=r"unknown model option\(s\) \['halfprec'\] for 'vgg_small'.*'dtype'.*'widths'"
+    ):
+        models.create_model("vgg_small", input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0), halfprec=True)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
@@ -108,8 +109,7 @@ def test_1w32a_and_full_precision_options():
     assert s.binary_macs == 0 and s.binary_params == 267264  # 1-bit weights, float inputs
     s = summarize(models.create_model("resnet20", binary=False, **kw), (32, 32, 3))
     assert s.binary_params == 0 and s.float_params == 269850
-    s = summarize(models.create_model("vgg_small", binary_first_layer=True, binary_last_layer=True, **kw),
-                  (32, 32, 3))
+    s = summarize(models.create_model("vgg_small", binary_first_layer=True, binary_last_layer=True, **kw), (32, 32, 3))
     assert s.float_macs == 0
     basic = models.create_model("resnet20", block="basic", **kw)
     assert type(basic.blocks[0]).__name__ == "BasicBlock"
@@ -132,7 +132,7 @@ def _max_convs_read_by_one_fusion(hlo: str) -> int:
     entry computation reads (1 when each block's output is stored; it grows with depth when XLA
     recomputes the residual chain inside every fusion)."""
     bodies = dict(re.findall(r"^(?:ENTRY )?%?(\S+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
-    entry = hlo[hlo.index("\nENTRY"):]
+    entry = hlo[hlo.index("\nENTRY") :]
     convs, worst = set(), 0
     for name, op, rest in re.findall(r"^\s*%(\S+) = \S+ (\w[\w-]*)\((.*)$", entry, re.M):
         called = re.search(r"calls=%(\S+?)[,\s]", rest)
@@ -153,12 +153,15 @@ def test_materialized_residual_stream_is_not_recomputed(block):
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     outputs, worst = {}, {}
     for on in (True, False):
-        model = models.create_model("resnet20", input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0),
-                                    block=block, materialize_residuals=on)
+        model = models.create_model(
+            "resnet20", input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0), block=block, materialize_residuals=on
+        )
         model.eval()
         graphdef, state = nnx.split(model)
-        forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x),  # noqa: B023 (compiled in this iteration)
-                          compiler_options={"xla_disable_hlo_passes": "cse_barrier_expander"})
+        forward = jax.jit(
+            lambda s, x: nnx.merge(graphdef, s)(x),  # noqa: B023 (compiled in this iteration)
+            compiler_options={"xla_disable_hlo_passes": "cse_barrier_expander"},
+        )
         compiled = forward.lower(state, x).compile()
         worst[on] = _max_convs_read_by_one_fusion(compiled.as_text())
         outputs[on] = np.asarray(compiled(state, x))

@@ -11,8 +11,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def test_two_device_step_equals_one_device_step(tfds_dir, tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "tests/multidevice_check.py", tfds_dir, str(tmp_path / "w")], cwd=REPO,
-                       env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "tests/multidevice_check.py", tfds_dir, str(tmp_path / "w")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     # Same global batch of 128 on 1 and on 2 devices: only the summation order of the cross-device
@@ -31,9 +37,24 @@ def test_cpu_devices_config_splits_the_cpu(tfds_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["TFDS_DATA_DIR"] = tfds_dir
     workdir = tmp_path / "w"
-    r = subprocess.run([sys.executable, "train.py", "--config", "configs/smoke.py", "--workdir", str(workdir),
-                        "--config.cpu_devices=2", "--config.num_train_steps=150", "--config.eval_batch_size=1000"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--config",
+            "configs/smoke.py",
+            "--workdir",
+            str(workdir),
+            "--config.cpu_devices=2",
+            "--config.num_train_steps=150",
+            "--config.eval_batch_size=1000",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["device_count"] == 2 and summary["backend"] == "cpu", summary
@@ -47,10 +68,27 @@ def test_xla_flags_reach_xla_and_multi_step_calls_run_on_two_devices(tfds_dir, t
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["TFDS_DATA_DIR"] = tfds_dir
     workdir = tmp_path / "w"
-    r = subprocess.run([sys.executable, "train.py", "--config", "configs/smoke.py", "--workdir", str(workdir),
-                        "--config.cpu_devices=0", "--config.xla_flags=--xla_force_host_platform_device_count=2",
-                        "--config.steps_per_call=4", "--config.num_train_steps=40", "--config.log_every_steps=10",
-                        "--config.eval_batch_size=1000"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--config",
+            "configs/smoke.py",
+            "--workdir",
+            str(workdir),
+            "--config.cpu_devices=0",
+            "--config.xla_flags=--xla_force_host_platform_device_count=2",
+            "--config.steps_per_call=4",
+            "--config.num_train_steps=40",
+            "--config.log_every_steps=10",
+            "--config.eval_batch_size=1000",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["device_count"] == 2 and summary["steps"] == 40, summary
@@ -85,8 +123,9 @@ print(json.dumps({"devices": len(jax.devices()), "warnings": warnings}))
 
 def run_runtime_probe(xla_flags: str, env_flags: str) -> dict:
     env = dict(os.environ, XLA_FLAGS=env_flags, PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-c", RUNTIME_PROBE, xla_flags], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", RUNTIME_PROBE, xla_flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -96,8 +135,10 @@ def test_environment_xla_flags_win_over_the_config_and_auto_adds_the_gpu_default
     asked for another); other config flags are added; "auto" adds AUTO_XLA_FLAGS, silently."""
     out = run_runtime_probe("--xla_force_host_platform_device_count=3", "--xla_force_host_platform_device_count=2")
     assert out["devices"] == 2, out
-    assert out["warnings"] == ["xla_flags: --xla_force_host_platform_device_count=3 not applied, $XLA_FLAGS sets "
-                               "--xla_force_host_platform_device_count=2"], out
+    assert out["warnings"] == [
+        "xla_flags: --xla_force_host_platform_device_count=3 not applied, $XLA_FLAGS sets "
+        "--xla_force_host_platform_device_count=2"
+    ], out
     out = run_runtime_probe("--xla_force_host_platform_device_count=3", "--xla_cpu_enable_fast_math=false")
     assert out == {"devices": 3, "warnings": []}, out
     assert run_runtime_probe("auto", "--xla_gpu_enable_command_buffer=") == {"devices": 1, "warnings": []}
@@ -105,8 +146,8 @@ def test_environment_xla_flags_win_over_the_config_and_auto_adds_the_gpu_default
 
 def test_xla_flag_helpers_and_auto_values(monkeypatch):
     import jax
-    from configs import default
 
+    from configs import default
     from irnet_jax import runtime
 
     assert runtime.xla_flag_names("--a=1 --b --a=2") == {"--a": "--a=2", "--b": "--b"}
@@ -115,7 +156,8 @@ def test_xla_flag_helpers_and_auto_values(monkeypatch):
     assert runtime.xla_flags(config) == runtime.AUTO_XLA_FLAGS == "--xla_gpu_enable_command_buffer=+CONVOLUTION"
     monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer= --x=1")
     assert runtime.xla_flags_overridden("--xla_gpu_enable_command_buffer=+CONVOLUTION --x=1 --y=2") == [
-        ("--xla_gpu_enable_command_buffer=+CONVOLUTION", "--xla_gpu_enable_command_buffer=")]
+        ("--xla_gpu_enable_command_buffer=+CONVOLUTION", "--xla_gpu_enable_command_buffer=")
+    ]
     jax.devices()
     assert runtime.configure_xla_flags("--x=1")  # already in effect: nothing to add, even after JAX started
     assert runtime.configure_runtime(config) == []  # "auto": a default, no warning when it cannot apply

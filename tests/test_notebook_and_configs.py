@@ -31,9 +31,13 @@ def test_notebook_cells_train_the_smoke_config_on_cpu(tfds_dir, tmp_path):
     for source, tags in cells:
         exec(compile(python_lines(source), "colab_tpu.ipynb", "exec"), namespace)
         if "parameters" in tags:  # what papermill would inject: the smoke config, on CPU
-            namespace.update(REPO_DIR=str(REPO), CONFIG_NAME="smoke", WORKDIR=str(tmp_path / "nb"),
-                             REQUIRE_ACCELERATOR=False,
-                             OVERRIDES={"data_dir": tfds_dir, "num_train_steps": 120, "log_every_steps": 40})
+            namespace.update(
+                REPO_DIR=str(REPO),
+                CONFIG_NAME="smoke",
+                WORKDIR=str(tmp_path / "nb"),
+                REQUIRE_ACCELERATOR=False,
+                OVERRIDES={"data_dir": tfds_dir, "num_train_steps": 120, "log_every_steps": 40},
+            )
     assert namespace["summary"]["final_test_accuracy"] > 0.9  # 120 steps of the smoke run reach ~0.96
     assert namespace["eval_result"]["val_accuracy"] == pytest.approx(namespace["summary"]["best_val_accuracy"])
 
@@ -55,7 +59,18 @@ def test_config_builds_and_every_field_is_overridable(name):
 
 
 def test_experiment_configs_exist():
-    expected = {"vgg_small_cifar10", "alexnet_cifar10", "resnet20_cifar10", "resnet20_1w32a_cifar10",
-                "resnet18_cifar10", "vgg_small_mnist", "alexnet_mnist", "resnet20_mnist", "resnet20_1w32a_mnist",
-                "resnet18_mnist", "mnistnet_mnist", "smoke"}
+    expected = {
+        "vgg_small_cifar10",
+        "alexnet_cifar10",
+        "resnet20_cifar10",
+        "resnet20_1w32a_cifar10",
+        "resnet18_cifar10",
+        "vgg_small_mnist",
+        "alexnet_mnist",
+        "resnet20_mnist",
+        "resnet20_1w32a_mnist",
+        "resnet18_mnist",
+        "mnistnet_mnist",
+        "smoke",
+    }
     assert expected <= set(CONFIGS)

@@ -77,8 +77,13 @@ def test_smoke_run_reaches_accuracy_and_writes_outputs(smoke_run):
     assert summary["final_test_accuracy"] >= 0.97
     assert summary["best_val_accuracy"] >= 0.97
     on_disk = json.load(open(os.path.join(workdir, "summary.json")))
-    for key in ("final_test_accuracy", "best_val_accuracy", "epochs_completed", "wall_seconds",
-                "train_images_per_second"):
+    for key in (
+        "final_test_accuracy",
+        "best_val_accuracy",
+        "epochs_completed",
+        "wall_seconds",
+        "train_images_per_second",
+    ):
         assert key in on_disk, key
     assert on_disk["epochs_completed"] == 2 and 0 <= on_disk["final_test_accuracy"] <= 1
     assert on_disk["train_images_per_second"] > 0
@@ -124,12 +129,22 @@ def test_sigterm_saves_and_resume_is_exact(tfds_dir, tmp_path):
     """A real process gets SIGTERM mid-run (TPU preemption), checkpoints, exits 0; the resumed run
     ends with the parameters of an uninterrupted one."""
     workdir, straight = str(tmp_path / "preempted"), str(tmp_path / "straight")
-    args = [sys.executable, "train.py", "--config", "configs/mnistnet_mnist.py", "--workdir", workdir,
-            f"--config.data_dir={tfds_dir}", "--config.train_size=2048", "--config.num_epochs=10",
-            "--config.log_every_steps=1", "--config.eval_batch_size=1000",
-            # As many devices as the in-process runs below (fixed when this process started JAX, which
-            # depends on the tests run before): the same programs, so a bit-exact comparison.
-            f"--config.cpu_devices={len(jax.devices())}"]
+    args = [
+        sys.executable,
+        "train.py",
+        "--config",
+        "configs/mnistnet_mnist.py",
+        "--workdir",
+        workdir,
+        f"--config.data_dir={tfds_dir}",
+        "--config.train_size=2048",
+        "--config.num_epochs=10",
+        "--config.log_every_steps=1",
+        "--config.eval_batch_size=1000",
+        # As many devices as the in-process runs below (fixed when this process started JAX, which
+        # depends on the tests run before): the same programs, so a bit-exact comparison.
+        f"--config.cpu_devices={len(jax.devices())}",
+    ]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = pathlib.Path(workdir) / "train.log"
     deadline = time.time() + 240
@@ -140,8 +155,13 @@ def test_sigterm_saves_and_resume_is_exact(tfds_dir, tmp_path):
     assert proc.returncode == 0, out[-3000:]
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     assert summary["preempted"] and 4 <= summary["steps"] < 200, summary
-    config = tiny_config(tfds_dir, num_epochs=10, batch_size=mnistnet_mnist.get_config().batch_size,
-                         warmup_epochs=0.0, log_every_steps=100)
+    config = tiny_config(
+        tfds_dir,
+        num_epochs=10,
+        batch_size=mnistnet_mnist.get_config().batch_size,
+        warmup_epochs=0.0,
+        log_every_steps=100,
+    )
     assert ckpt.find_step(workdir, "latest") == summary["steps"]
     trainer.train_and_evaluate(config.copy_and_resolve_references(), straight)
     config.resume_dir = workdir
@@ -150,8 +170,10 @@ def test_sigterm_saves_and_resume_is_exact(tfds_dir, tmp_path):
 
 
 def max_abs_diff(a, b) -> float:
-    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(
+        float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 @pytest.mark.parametrize("unroll", ["on", "off"])
@@ -176,7 +198,8 @@ def test_multi_step_call_equals_single_steps(tfds_dir, unroll):
         losses.append(float(m.compute()["loss"]))
     multi = create_train_state(config, mesh, 4).state
     multi, m = make_multi_step(graphdef, tx, config, mesh)(
-        multi, images, labels, mesh_lib.put_batch(order, mesh, axis=1), optim.stack_estimator_params(edes), key)
+        multi, images, labels, mesh_lib.put_batch(order, mesh, axis=1), optim.stack_estimator_params(edes), key
+    )
     assert int(multi.step) == int(single.step) == 4
     assert int(m.loss.count) == 4 and float(m.compute()["loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
     # Only float summation order may differ (fusions inside the loop body); a wrong batch, key or EDE
@@ -239,17 +262,24 @@ def test_unknown_config_field_is_rejected(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("model", "vgg7", r"unknown model 'vgg7'; valid: \['alexnet', 'mnistnet', 'resnet18', 'resnet20', 'vgg_small'\]"),
-    ("dataset", "imagenet", r"unknown dataset 'imagenet'; valid: \['cifar10', 'mnist'\]"),
-    ("optimizer", "lamb", r"unknown optimizer 'lamb'; valid: \['sgd', 'adam', 'adamw'\]"),
-    ("estimator", "approx", r"unknown estimator 'approx'; valid: \['ede', 'ie', 'ste'\]"),
-    ("augment", "mixup", r"unknown augment 'mixup'; valid: \['default', 'none', 'crop', 'crop_flip'\]"),
-    ("crop_padding", -2, r"crop_padding must be >= 0, got -2"),
-    ("steps_per_call", 0, r"steps_per_call must be >= 1 or -1 \(auto\), got 0"),
-    ("unroll_steps", "yes", r"unroll_steps must be one of \['auto', 'on', 'off'\], got 'yes'"),
-    ("fusion_barriers", "always", r"fusion_barriers must be one of \['auto', 'on', 'off'\], got 'always'"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        (
+            "model",
+            "vgg7",
+            r"unknown model 'vgg7'; valid: \['alexnet', 'mnistnet', 'resnet18', 'resnet20', 'vgg_small'\]",
+        ),
+        ("dataset", "imagenet", r"unknown dataset 'imagenet'; valid: \['cifar10', 'mnist'\]"),
+        ("optimizer", "lamb", r"unknown optimizer 'lamb'; valid: \['sgd', 'adam', 'adamw'\]"),
+        ("estimator", "approx", r"unknown estimator 'approx'; valid: \['ede', 'ie', 'ste'\]"),
+        ("augment", "mixup", r"unknown augment 'mixup'; valid: \['default', 'none', 'crop', 'crop_flip'\]"),
+        ("crop_padding", -2, r"crop_padding must be >= 0, got -2"),
+        ("steps_per_call", 0, r"steps_per_call must be >= 1 or -1 \(auto\), got 0"),
+        ("unroll_steps", "yes", r"unroll_steps must be one of \['auto', 'on', 'off'\], got 'yes'"),
+        ("fusion_barriers", "always", r"fusion_barriers must be one of \['auto', 'on', 'off'\], got 'always'"),
+    ],
+)
 def test_unknown_names_list_valid_ones(tfds_dir, tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
         trainer.train_and_evaluate(tiny_config(tfds_dir, **{field: value}), str(tmp_path / "w"))
@@ -298,7 +328,9 @@ def test_checkpoint_of_another_model_is_refused(smoke_run, tmp_path):
     before = snapshot(workdir)
     other = config.copy_and_resolve_references()
     other.model, other.resume_dir = "vgg_small", workdir
-    with pytest.raises(ckpt.CheckpointError, match=r"another config \(.*model: checkpoint 'mnistnet' vs config 'vgg_small'"):
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"another config \(.*model: checkpoint 'mnistnet' vs config 'vgg_small'"
+    ):
         trainer.train_and_evaluate(other, str(tmp_path / "w"))
     other.eval_only = True
     with pytest.raises(ckpt.CheckpointError, match=r"model: checkpoint 'mnistnet' vs config 'vgg_small'"):

@@ -12,16 +12,18 @@ from flax import nnx
 from irnet_jax import binarization as bz
 from irnet_jax import encoding, models, optim
 from irnet_jax import mesh as mesh_lib
-from irnet_jax.steps import make_train_step
-from irnet_jax.train_state import build_model, create_train_state, model_input_shape
 from irnet_jax.layers import BinaryConv, BinaryDense, Offset, ShiftBinaryConv, record_layer_calls
+from irnet_jax.steps import make_train_step
 from irnet_jax.summary import summarize
+from irnet_jax.train_state import build_model, create_train_state, model_input_shape
 
 ALL_PIXELS = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
 
 
-@pytest.mark.parametrize("name,levels", [("thermometer", 1), ("thermometer", 3), ("thermometer", 8),
-                                         ("bitplanes", 1), ("bitplanes", 4), ("bitplanes", 8)])
+@pytest.mark.parametrize(
+    "name,levels",
+    [("thermometer", 1), ("thermometer", 3), ("thermometer", 8), ("bitplanes", 1), ("bitplanes", 4), ("bitplanes", 8)],
+)
 def test_encoders_output_pm1_with_stated_channels(name, levels):
     rgb = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3), np.uint8)
     out = np.asarray(encoding.encode(jnp.asarray(rgb), name, levels))
@@ -48,7 +50,9 @@ def test_bitplanes_are_the_top_bits():
 
 
 def test_unknown_encoding_lists_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown input_encoding 'gray'; valid: \['none', 'thermometer', 'bitplanes'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown input_encoding 'gray'; valid: \['none', 'thermometer', 'bitplanes'\]"
+    ):
         encoding.encoded_channels(3, "gray", 2)
 
 
@@ -58,7 +62,8 @@ def test_ie_backward_matches_numpy_formula(k, t):
     x = rng.normal(scale=1.5, size=(1000,)).astype(np.float32)
     g = rng.normal(size=(1000,)).astype(np.float32)
     gx, gk, gt = jax.grad(lambda x, k, t: jnp.sum(g * bz.ie_sign(x, k, t)), argnums=(0, 1, 2))(
-        jnp.asarray(x), jnp.float32(k), jnp.float32(t))
+        jnp.asarray(x), jnp.float32(k), jnp.float32(t)
+    )
     expected = g * k * np.maximum(0.0, np.sqrt(3.0) * t - 1.5 * t * t * np.abs(x.astype(np.float64)))
     np.testing.assert_allclose(np.asarray(gx), expected, rtol=2e-5, atol=1e-6)
     assert gk == 0 and gt == 0
@@ -72,12 +77,22 @@ def test_ie_schedule():
 
 
 def fully_binary(name, shape, **extra):
-    return models.create_model(name, input_shape=shape, num_classes=10, rngs=nnx.Rngs(0),
-                               binary_first_layer=True, binary_last_layer=True, pad_value="checkerboard", **extra)
+    return models.create_model(
+        name,
+        input_shape=shape,
+        num_classes=10,
+        rngs=nnx.Rngs(0),
+        binary_first_layer=True,
+        binary_last_layer=True,
+        pad_value="checkerboard",
+        **extra,
+    )
 
 
-@pytest.mark.parametrize("name,shape", [("vgg_small", (32, 32, 24)), ("mnistnet", (28, 28, 2)),
-                                        ("alexnet", (32, 32, 3)), ("resnet20", (32, 32, 9))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [("vgg_small", (32, 32, 24)), ("mnistnet", (28, 28, 2)), ("alexnet", (32, 32, 3)), ("resnet20", (32, 32, 9))],
+)
 @pytest.mark.parametrize("shift", [False, True])
 def test_fully_binary_models_see_only_pm1(name, shape, shift):
     model = fully_binary(name, shape, shift_conv=shift)
@@ -96,8 +111,9 @@ def test_fully_binary_models_see_only_pm1(name, shape, shift):
 
 
 def test_zero_padding_is_seen_by_the_instrumentation():
-    model = models.create_model("mnistnet", input_shape=(28, 28, 2), num_classes=10, rngs=nnx.Rngs(0),
-                                binary_first_layer=True)
+    model = models.create_model(
+        "mnistnet", input_shape=(28, 28, 2), num_classes=10, rngs=nnx.Rngs(0), binary_first_layer=True
+    )
     with record_layer_calls() as calls:
         model(encoding.thermometer(jnp.zeros((1, 28, 28, 1), jnp.uint8), 2))
     assert 0.0 in set(np.unique(np.asarray(calls[0].matmul_input)))
@@ -124,8 +140,9 @@ def test_shift_conv_is_two_branches_of_one_binary_kernel():
     x = jax.random.normal(jax.random.key(2), (2, 6, 6, 4))
     ede = bz.EstimatorParams.constant()
     wq = conv.quantized_kernel(ede)
-    ref = lambda a: jax.lax.conv_general_dilated(bz.sign(a), wq, (1, 1), ((1, 1), (1, 1)),
-                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ref = lambda a: jax.lax.conv_general_dilated(
+        bz.sign(a), wq, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     expected = ref(x + conv.shift1[...]) + 0.25 * ref(x + conv.shift2[...])
     np.testing.assert_allclose(conv(x), expected, rtol=1e-5, atol=1e-5)
     grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(conv)
@@ -147,8 +164,9 @@ def test_binary_classifier_output_scale():
 
 def test_learned_weight_scale_starts_at_mean_abs_weight():
     conv = BinaryConv(4, 6, 3, weight_scale="learned", rngs=nnx.Rngs(0))
-    np.testing.assert_allclose(conv.scale[...], np.mean(np.abs(np.asarray(conv.kernel[...])), axis=(0, 1, 2)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        conv.scale[...], np.mean(np.abs(np.asarray(conv.kernel[...])), axis=(0, 1, 2)), rtol=1e-6
+    )
     wq = np.asarray(conv.quantized_kernel(bz.EstimatorParams.constant())).reshape(-1, 6)
     np.testing.assert_allclose(np.abs(wq), np.broadcast_to(conv.scale[...], wq.shape), rtol=1e-6)
 

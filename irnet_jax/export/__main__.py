@@ -1,6 +1,6 @@
 """Export a trained run as an integer-only XNOR-popcount-threshold pipeline with golden vectors.
 
-    python -m irnet_jax.export --checkpoint runs/fully_binary_mnist --out export/ --num_images 4
+python -m irnet_jax.export --checkpoint runs/fully_binary_mnist --out export/ --num_images 4
 """
 
 import json

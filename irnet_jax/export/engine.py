@@ -3,7 +3,7 @@ the trained float model's predictions to compare them with."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -1,11 +1,11 @@
 """The export folder: ``manifest.json``, weight and threshold files, and golden vectors.
 
-    manifest.json            formats, bit order, folding rule, one entry per stage, sizes
-    weights/L<i>.memb|.memh  binary weights, one line per output channel ($readmemb / $readmemh)
-    weights/L<i>_float.npz   a full-precision first/last layer
-    thresholds/L<i>*.        integer thresholds and flips of binary convs
-    golden/img<n>/L<i>_*     per image and stage: input bits, integer sums, output bits or logits,
-                             and for binary convs the im2col patches and pre-pool bits (RTL)
+manifest.json            formats, bit order, folding rule, one entry per stage, sizes
+weights/L<i>.memb|.memh  binary weights, one line per output channel ($readmemb / $readmemh)
+weights/L<i>_float.npz   a full-precision first/last layer
+thresholds/L<i>*.        integer thresholds and flips of binary convs
+golden/img<n>/L<i>_*     per image and stage: input bits, integer sums, output bits or logits,
+                         and for binary convs the im2col patches and pre-pool bits (RTL)
 """
 
 from __future__ import annotations

@@ -110,9 +110,7 @@ def fold_conv(spec: ConvStage, in_shape: tuple[int, int, int], first: bool) -> S
             )
         bits, scale = binary_weight_bits(conv, bz.EstimatorParams.constant())
         threshold, flip = fold_threshold(a * scale, b, bits.shape[1])
-        return BinaryConvStage(
-            **geometry, pad_bit=conv.pad_value, weight_bits=bits, threshold=threshold, flip=flip
-        )
+        return BinaryConvStage(**geometry, pad_bit=conv.pad_value, weight_bits=bits, threshold=threshold, flip=flip)
     if first and not conv.binarize_weights and not conv.binarize_activations:
         weights = np.asarray(conv.kernel[...], np.float32)
         return FloatConvStage(**geometry, pad_bit="zero", weights=weights, affine=(a, b))
