@@ -1,6 +1,7 @@
 """Timing helpers of the benchmarks, and the bounded dispatch window they share with the training loop."""
 
 import collections
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ def median_seconds(fn: Callable[[], Any], steps: int, warmup: int = 1) -> float:
 # The host dispatches at most this many steps ahead of the device; 2 still hide the host's latency.
 # Unbounded run-ahead fills XLA:CPU's per-device queue of 32 computations, and with several CPU devices
 # a launch blocked on that queue (holding one of the client's 2 threads while the other waits on an
-# execution) deadlocked the step's all-reduces within 50-400 steps (BENCHMARKS.md).
+# execution) deadlocked the step's all-reduces (BENCHMARKS.md).
 MAX_IN_FLIGHT = 2
 
 
@@ -59,3 +60,25 @@ def pipelined_seconds(fn: Callable[[], Any], steps: int) -> float:
         window.add(fn())
     window.drain()
     return (time.perf_counter() - t) / max(steps, 1)
+
+
+@dataclasses.dataclass
+class TrainClock:
+    """Wall seconds and steps of training, without compilation (the first call) and evaluations."""
+
+    seconds: float = 0.0
+    steps: int = 0
+    _since: float | None = None
+    _from_step: int = 0
+
+    def start(self, step: int) -> None:
+        self._since, self._from_step = time.time(), step
+
+    def stop(self, step: int) -> None:
+        if self._since is not None:
+            self.seconds += time.time() - self._since
+            self.steps += step - self._from_step
+            self._since = None
+
+    def images_per_second(self, batch_size: int) -> float | None:
+        return self.steps * batch_size / self.seconds if self.seconds else None

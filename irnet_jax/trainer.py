@@ -35,7 +35,7 @@ from irnet_jax import models, optim, runtime
 from irnet_jax.metric_writers import MetricWriter
 from irnet_jax.steps import TrainMetrics, evaluate, make_eval_step, make_multi_step
 from irnet_jax.summary import format_summary, summarize
-from irnet_jax.timing import DispatchWindow
+from irnet_jax.timing import DispatchWindow, TrainClock
 from irnet_jax.train_state import (
     TrainState,
     build_model,
@@ -167,28 +167,6 @@ def handle_sigterm() -> Iterator[Preemption]:
         yield preemption
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@dataclasses.dataclass
-class TrainClock:
-    """Wall seconds and steps of training, without compilation (the first call) and evaluations."""
-
-    seconds: float = 0.0
-    steps: int = 0
-    _since: float | None = None
-    _from_step: int = 0
-
-    def start(self, step: int) -> None:
-        self._since, self._from_step = time.time(), step
-
-    def stop(self, step: int) -> None:
-        if self._since is not None:
-            self.seconds += time.time() - self._since
-            self.steps += step - self._from_step
-            self._since = None
-
-    def images_per_second(self, batch_size: int) -> float | None:
-        return self.steps * batch_size / self.seconds if self.seconds else None
 
 
 @dataclasses.dataclass
