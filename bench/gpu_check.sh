@@ -21,8 +21,10 @@
 # machine's flax: it must match its JAX (flax 0.12.8 does not import on JAX 0.11.2).
 # Environment: STAGE_SECONDS (cap per stage; FP_STAGE_SECONDS, TRACE_STAGE_SECONDS, TEST_STAGE_SECONDS for those
 # stages, ABLATION_SECONDS per ablation variant; ABLATION_CONFIG), BATCHES, STEPS,
-# STEPS_PER_CALL (rows: e.g. 1,8; default the config's), TESTS, TEST_XLA_FLAGS; ALLOW_CPU=1 runs it without a GPU (to
-# check the script itself). No dataset is needed: the benchmark streams synthetic uint8 images of CIFAR-10's shape.
+# STEPS_PER_CALL (rows: e.g. 1,8; default the config's), LOOP_STEPS (rows: also the training loop's own rate
+# on the real dataset, the bench's --loop_steps; default 0: off), TESTS, TEST_XLA_FLAGS; ALLOW_CPU=1 runs it
+# without a GPU (to check the script itself). No dataset is needed unless LOOP_STEPS > 0: the benchmark streams
+# synthetic uint8 images of CIFAR-10's shape.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IFS=',' read -ra stages <<< "${STAGES:-ablation,rows,trace,fp,tests}"
@@ -62,7 +64,7 @@ STAGE=${STAGE_SECONDS:-240}
 bench() {  # bench CONFIG BINARY BATCHES [SECONDS]
   timeout "${4:-$STAGE}" python3 -m irnet_jax.bench --config "$1" --binary="$2" --dtypes=bfloat16 \
     --batch_size="$3" --eval_batch_size="$3" --steps="${STEPS:-30}" --warmup=5 --output="$OUT/bench.jsonl" \
-    ${STEPS_PER_CALL:+--steps_per_call=$STEPS_PER_CALL} \
+    ${STEPS_PER_CALL:+--steps_per_call=$STEPS_PER_CALL} --loop_steps="${LOOP_STEPS:-0}" \
     2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt" || echo "BENCH $1 binary=$2 STOPPED" | tee -a "$OUT/bench.txt"
 }
 BATCHES=${BATCHES:-128,256,512}
@@ -93,7 +95,7 @@ ablate() {  # ablate NAME XLA_FLAGS STEPS_PER_CALL [UNROLL_STEPS]
   echo "== ablation $1: xla_flags='$2' steps_per_call=$3 unroll_steps=${4:-auto}" | tee -a "$OUT/ablation.txt"
   timeout "${ABLATION_SECONDS:-75}" python3 -m irnet_jax.bench --config "${ABLATION_CONFIG:-configs/resnet20_cifar10.py}" \
     --config.xla_flags="$2" --config.unroll_steps="${4:-auto}" --binary=true --dtypes=bfloat16 --batch_size=128 --eval_batch_size=128 \
-    --steps="${STEPS:-30}" --warmup=5 --steps_per_call="$3" --output="$OUT/ablation.jsonl" 2>&1 \
+    --steps="${STEPS:-30}" --warmup=5 --steps_per_call="$3" --loop_steps=0 --output="$OUT/ablation.jsonl" 2>&1 \
     | grep -v '^{' | tail -n 5 | tee -a "$OUT/ablation.txt" || echo "ABLATION $1 STOPPED" | tee -a "$OUT/ablation.txt"
 }
 stage_ablation() {
@@ -118,7 +120,7 @@ PY
 stage_trace() {
   timeout "${TRACE_STAGE_SECONDS:-$STAGE}" python3 -m irnet_jax.bench --config configs/resnet20_cifar10.py --binary=true \
     --dtypes=bfloat16 --batch_size=128 --eval_batch_size=128 --steps="${STEPS:-30}" --warmup=5 \
-    --trace_dir="$OUT/trace" --trace_steps=5 --output="$OUT/trace.jsonl" 2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt" \
+    --trace_dir="$OUT/trace" --trace_steps=5 --loop_steps=0 --output="$OUT/trace.jsonl" 2>&1 | grep -v '^{' | tee -a "$OUT/bench.txt" \
     || echo "TRACE STOPPED" | tee -a "$OUT/bench.txt"
 }
 

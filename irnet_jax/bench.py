@@ -14,12 +14,17 @@ timed call runs that many train steps (``steps.make_multi_step``, as ``config.st
 per-step figures are per step). ``--trace_dir`` also records a profiler
 trace of a few train steps per row and adds kernel events and kernel time per step to the row
 (``irnet_jax.profiling``): kernel time well below the step time means a launch- or host-bound step.
+``loop_train_images_per_second`` is what users get: the training loop itself (``trainer.train_and_evaluate``
+for ``--loop_steps`` steps on the real dataset), so a regression of the loop that the isolated step does not
+show is caught.
 """
 
+import dataclasses
 import datetime
 import json
 import os
 import resource
+import tempfile
 import time
 from typing import Any
 
@@ -31,7 +36,7 @@ from ml_collections import config_flags
 
 from irnet_jax import data as data_lib
 from irnet_jax import mesh as mesh_lib
-from irnet_jax import optim, profiling, runtime
+from irnet_jax import optim, profiling, runtime, trainer
 from irnet_jax.steps import make_eval_step, make_multi_step
 from irnet_jax.timing import median_seconds, pipelined_seconds
 from irnet_jax.train_state import create_train_state, eval_graphdef
@@ -61,6 +66,12 @@ flags.DEFINE_list(
     "Train steps per device call (steps.make_multi_step); one row per "
     "value (default: the config's, resolved as the trainer does). The config's unroll_steps applies.",
 )
+flags.DEFINE_integer(
+    "loop_steps",
+    160,
+    "Also run the training loop itself (train_and_evaluate on the config's real dataset, no validation split) "
+    "for this many steps per row and report its images/s as loop_train_images_per_second; 0: off.",
+)
 flags.mark_flags_as_required(["config"])
 
 COMPARABILITY_NOTE = "Rows are comparable only within one run on one machine."
@@ -72,6 +83,68 @@ def _peak_device_mb() -> float | None:
     return None if peak is None else peak / 2**20
 
 
+@dataclasses.dataclass
+class SyntheticRun:
+    """A device-resident synthetic dataset of the real image shape and the trainer's own jitted steps on it."""
+
+    images: jax.Array
+    labels: jax.Array
+    orders: list[jax.Array]  # 4 alternating [steps_per_call, batch] index arrays
+    ede: Any
+    eval_idx: jax.Array
+    eval_mask: jax.Array
+    state: Any
+    train_steps: Any
+    eval_step: Any
+    key: jax.Array = dataclasses.field(default_factory=lambda: jax.random.key(0))
+
+
+def synthetic_run(
+    config: ml_collections.ConfigDict, batch_size: int, eval_batch_size: int, steps_per_call: int
+) -> SyntheticRun:
+    mesh = mesh_lib.make_mesh()
+    info = data_lib.get_dataset_info(config.dataset)
+    n = max(4 * batch_size, eval_batch_size, 1024)
+    rng = np.random.default_rng(0)
+    steps_per_epoch = n // batch_size
+    graphdef, state, tx, _ = create_train_state(config, mesh, steps_per_epoch)
+
+    def order() -> jax.Array:
+        idx = np.stack([rng.permutation(n)[:batch_size] for _ in range(steps_per_call)]).astype(np.int32)
+        return mesh_lib.put_batch(idx, mesh, axis=1)
+
+    return SyntheticRun(
+        images=mesh_lib.put_replicated(rng.integers(0, 256, (n, *info.image_shape), np.uint8), mesh),
+        labels=mesh_lib.put_replicated(rng.integers(0, info.num_classes, (n,), np.int32), mesh),
+        orders=[order() for _ in range(4)],
+        ede=optim.stack_estimator_params([optim.estimator_params(config, 0, steps_per_epoch)] * steps_per_call),
+        eval_idx=mesh_lib.put_batch(np.arange(eval_batch_size, dtype=np.int32), mesh),
+        eval_mask=mesh_lib.put_batch(np.ones(eval_batch_size, np.float32), mesh),
+        state=state,
+        train_steps=make_multi_step(graphdef, tx, config, mesh),
+        eval_step=make_eval_step(eval_graphdef(graphdef, state), config, mesh),
+    )
+
+
+def loop_rate(config: ml_collections.ConfigDict, loop_steps: int) -> dict[str, Any]:
+    """The training loop's own rate: ``trainer.train_and_evaluate`` for ``loop_steps`` steps on the
+    config's real dataset (all of its training images on the devices, the learning rate and EDE fed
+    every call as in training, no validation split), in a temporary workdir; ``summary.json``'s
+    ``train_images_per_second`` (compilation and evaluation excluded). ``None`` when the dataset is
+    not prepared here."""
+    if loop_steps <= 0:
+        return {}
+    c = config.copy_and_resolve_references()
+    c.num_train_steps, c.validation_size, c.log_every_steps, c.resume_dir = loop_steps, 0, loop_steps, ""
+    with tempfile.TemporaryDirectory() as workdir:
+        try:
+            summary = trainer.train_and_evaluate(c, workdir)
+        except data_lib.DataError as e:
+            print(f"loop rate skipped: {e}", flush=True)
+            return {"loop_steps": loop_steps, "loop_train_images_per_second": None}
+    return {"loop_steps": summary["steps"], "loop_train_images_per_second": summary["train_images_per_second"]}
+
+
 def benchmark_row(
     config: ml_collections.ConfigDict,
     batch_size: int,
@@ -81,51 +154,32 @@ def benchmark_row(
     trace_dir: str = "",
     trace_steps: int = 5,
     steps_per_call: int = 1,
+    loop_steps: int = 0,
 ) -> dict[str, Any]:
     """Measure one configuration; returns the JSON row (with ``profiling.kernel_summary`` fields when
-    ``trace_dir`` is given). Each timed call runs ``steps_per_call`` train steps (the trainer's
-    ``steps.make_multi_step``); per-step figures divide by it."""
-    mesh = mesh_lib.make_mesh()
-    info = data_lib.get_dataset_info(config.dataset)
+    ``trace_dir`` is given, ``loop_rate``'s when ``loop_steps > 0``). Each timed call runs
+    ``steps_per_call`` train steps (``steps.make_multi_step``); per-step figures divide by it."""
     config = config.copy_and_resolve_references()
-    config.batch_size = batch_size
-    n = max(4 * batch_size, eval_batch_size, 1024)
-    rng = np.random.default_rng(0)
-    images = mesh_lib.put_replicated(rng.integers(0, 256, (n, *info.image_shape), np.uint8), mesh)
-    labels = mesh_lib.put_replicated(rng.integers(0, info.num_classes, (n,), np.int32), mesh)
-    steps_per_epoch = n // batch_size
-    graphdef, state, tx, _ = create_train_state(config, mesh, steps_per_epoch)
-    train_steps = make_multi_step(graphdef, tx, config, mesh)
-    eval_step = make_eval_step(eval_graphdef(graphdef, state), config, mesh)
-    key = jax.random.key(0)
-    orders = [
-        mesh_lib.put_batch(
-            np.stack([rng.permutation(n)[:batch_size] for _ in range(steps_per_call)]).astype(np.int32), mesh, axis=1
-        )
-        for _ in range(4)
-    ]
-    ede = optim.stack_estimator_params([optim.estimator_params(config, 0, steps_per_epoch)] * steps_per_call)
-    eval_idx = mesh_lib.put_batch(np.arange(eval_batch_size, dtype=np.int32), mesh)
-    eval_mask = mesh_lib.put_batch(np.ones(eval_batch_size, np.float32), mesh)
-
+    config.batch_size, config.steps_per_call = batch_size, steps_per_call
+    run = synthetic_run(config, batch_size, eval_batch_size, steps_per_call)
     t = time.perf_counter()
-    train_compiled = train_steps.lower(state, images, labels, orders[0], ede, key).compile()
-    eval_compiled = eval_step.lower(state.params, state.batch_stats, images, labels, eval_idx, eval_mask).compile()
+    train_compiled = run.train_steps.lower(run.state, run.images, run.labels, run.orders[0], run.ede, run.key).compile()
+    st = run.state
+    eval_args = (run.images, run.labels, run.eval_idx, run.eval_mask)
+    eval_compiled = run.eval_step.lower(st.params, st.batch_stats, *eval_args).compile()
     compile_seconds = time.perf_counter() - t
 
-    holder = {"state": state, "i": 0}
+    calls = [0]
 
     def one_train_call():
-        holder["i"] += 1
-        holder["state"], m = train_compiled(holder["state"], images, labels, orders[holder["i"] % 4], ede, key)
+        calls[0] += 1
+        run.state, m = train_compiled(run.state, run.images, run.labels, run.orders[calls[0] % 4], run.ede, run.key)
         return m  # done when the step is; the state is donated to the next step
 
     train_s = median_seconds(one_train_call, steps, warmup) / steps_per_call
     train_pipelined_s = pipelined_seconds(one_train_call, steps) / steps_per_call
-    st = holder["state"]
-    eval_s = median_seconds(
-        lambda: eval_compiled(st.params, st.batch_stats, images, labels, eval_idx, eval_mask), steps, warmup
-    )
+    st = run.state
+    eval_s = median_seconds(lambda: eval_compiled(st.params, st.batch_stats, *eval_args), steps, warmup)
     cost = train_compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else (cost or {})
     dtype = "bfloat16" if config.half_precision else "float32"
@@ -164,6 +218,7 @@ def benchmark_row(
         "jax_version": jax.__version__,
         "date": datetime.date.today().isoformat(),
         **trace,
+        **loop_rate(config, loop_steps),
     }
 
 
@@ -171,7 +226,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'model':<10} {'binary':<6} {'dtype':<8} {'batch':>5} {'steps/call':>10} {'train img/s':>11} "
         f"{'pipelined':>10} "
-        f"{'eval img/s':>10} {'train ms':>9} {'compile s':>9}"
+        f"{'eval img/s':>10} {'train ms':>9} {'compile s':>9} {'loop img/s':>10}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -179,7 +234,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['model']:<10} {str(r['binary']):<6} {r['dtype']:<8} {r['batch_size']:>5} "
             f"{r['steps_per_call']:>10} {r['train_images_per_second']:>11.1f} {r['train_images_per_second_pipelined']:>10.1f} "
             f"{r['eval_images_per_second']:>10.1f} "
-            f"{r['train_step_ms']:>9.1f} {r['compile_seconds']:>9.1f}"
+            f"{r['train_step_ms']:>9.1f} {r['compile_seconds']:>9.1f} {_rate(r.get('loop_train_images_per_second'))}"
         )
     lines.append(
         f"{rows[0]['backend']} x {rows[0]['device_count']} ({rows[0]['device_kind']}), JAX "
@@ -188,6 +243,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         else COMPARABILITY_NOTE
     )
     return "\n".join(lines)
+
+
+def _rate(value: float | None) -> str:
+    return f"{value:>10.1f}" if value is not None else f"{'-':>10}"
 
 
 def batch_pairs(batch_sizes: list[int], eval_batch_sizes: list[int]) -> list[tuple[int, int]]:
@@ -213,6 +272,7 @@ def run(
     trace_dir: str = "",
     trace_steps: int = 5,
     steps_per_call: tuple[int, ...] = (1,),
+    loop_steps: int = 0,
 ) -> list[dict[str, Any]]:
     """Benchmark every (model, binary, dtype, (batch, eval batch)) combination; print each JSON line as it is
     measured and the table at the end."""
@@ -228,7 +288,9 @@ def run(
                     c.model_kwargs = ml_collections.ConfigDict()
                 for batch_size, eval_batch_size in batch_sizes:
                     for s in steps_per_call:
-                        row = benchmark_row(c, batch_size, eval_batch_size, steps, warmup, trace_dir, trace_steps, s)
+                        row = benchmark_row(
+                            c, batch_size, eval_batch_size, steps, warmup, trace_dir, trace_steps, s, loop_steps
+                        )
                         rows.append(row)
                         line = json.dumps(row)
                         print(line, flush=True)
@@ -269,6 +331,7 @@ def main(argv):
         FLAGS.trace_dir,
         FLAGS.trace_steps,
         steps_per_call,
+        FLAGS.loop_steps,
     )
 
 

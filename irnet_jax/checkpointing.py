@@ -128,14 +128,17 @@ def save(
 
 
 def find_step(workdir: str, which: str = "latest") -> int:
-    """The ``latest`` or ``best`` (validation accuracy) saved step in ``workdir``."""
+    """The ``latest`` or ``best`` (validation accuracy) saved step in ``workdir``; ``best`` is the latest
+    when no checkpoint has a validation accuracy (a run without a validation split)."""
     if which not in ("latest", "best"):
         raise ValueError(f"eval_checkpoint must be 'latest' or 'best', got {which!r}")
     path = checkpoint_dir(workdir)
     if not os.path.isdir(path):
         raise CheckpointError(f"no checkpoint directory {path} (is {workdir!r} the workdir of a run?)")
     manager = open_manager(workdir, read_only=True)
-    step = manager.best_step() if which == "best" else manager.latest_step()
+    step = manager.best_step() if which == "best" else None
+    if step is None:  # "latest", or no checkpoint has a validation accuracy (validation_size=0)
+        step = manager.latest_step()
     if step is None:
         raise CheckpointError(f"no checkpoint found in {path}")
     return step

@@ -174,7 +174,7 @@ class Progress:
     """What the loop has done so far (the rest of its state is the ``TrainState``)."""
 
     step: int
-    best_val: float
+    best_val: float | None  # None: no validation accuracy yet (or no validation split)
     last_val: float | None = None
     metrics: TrainMetrics | None = None
     log_time: float = dataclasses.field(default_factory=time.time)
@@ -245,6 +245,7 @@ def _log_train(loop: Loop, progress: Progress, ede) -> None:
             "ede_k": k_w,
             "steps_per_second": rate,
             "images_per_second": rate * config.batch_size,
+            "epoch": step / plan.steps_per_epoch,
         },
     )
     eta = (plan.total_steps - step) / max(rate, 1e-9)
@@ -270,20 +271,28 @@ def _save(loop: Loop, state: TrainState, progress: Progress, val_accuracy: float
 
 
 def _end_of_epoch(loop: Loop, state: TrainState, progress: Progress, previous: int) -> None:
-    """Evaluate on the validation split, log it, and save a checkpoint when one is due."""
+    """Evaluate on the validation split (when there is one), log it, and save a checkpoint when one is due."""
     config, plan, step = loop.config, loop.plan, progress.step
-    val = evaluate(loop.eval_step, state, loop.validation, config.eval_batch_size, loop.mesh)
-    progress.last_val = val["accuracy"]
-    progress.best_val = max(progress.best_val, progress.last_val)
     epoch = step // plan.steps_per_epoch
-    loop.writer.write(step, {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "epoch": epoch})
-    loop.writer.log(
-        f"epoch {epoch:4d} (step {step}): val loss {val['loss']:.4f}  val acc {val['accuracy']:.4f}  "
-        f"best {progress.best_val:.4f}"
-    )
+    if has_examples(loop.validation):
+        val = evaluate(loop.eval_step, state, loop.validation, config.eval_batch_size, loop.mesh)
+        progress.last_val = val["accuracy"]
+        progress.best_val = max(progress.best_val or 0.0, progress.last_val)
+        loop.writer.write(step, {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "epoch": epoch})
+        loop.writer.log(
+            f"epoch {epoch:4d} (step {step}): val loss {val['loss']:.4f}  val acc {val['accuracy']:.4f}  "
+            f"best {progress.best_val:.4f}"
+        )
+    else:
+        loop.writer.log(f"epoch {epoch:4d} (step {step}): no validation split (validation_size=0)")
     save_every = max(config.save_every_epochs, 1) * plan.steps_per_epoch
     if itstime(previous, step, save_every, plan.total_steps):
         _save(loop, state, progress, progress.last_val)
+
+
+def has_examples(split: tuple[Array, Array]) -> bool:
+    """Whether a device-resident ``(images, labels)`` split holds any example."""
+    return int(split[1].shape[0]) > 0
 
 
 def _run_epochs(loop: Loop, state: TrainState, progress: Progress, preemption: Preemption) -> tuple[TrainState, bool]:
@@ -320,7 +329,7 @@ def _test_summary(loop: Loop, state: TrainState, step: int) -> dict[str, Any]:
     config = loop.config
     test = evaluate(loop.eval_step, state, loop.test, config.eval_batch_size, loop.mesh)
     result = {"final_test_accuracy": test["accuracy"], "final_test_loss": test["loss"]}
-    best_step = loop.manager.best_step()
+    best_step = loop.manager.best_step()  # None when no checkpoint has a validation accuracy
     if best_step is not None and best_step != step:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
         best_state = ckpt.restore_state(loop.workdir, best_step, abstract)
@@ -332,7 +341,7 @@ def _test_summary(loop: Loop, state: TrainState, step: int) -> dict[str, Any]:
     loop.writer.log(
         f"test: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f} (final model); "
         f"{result['best_checkpoint_test_accuracy']:.4f} (best-validation checkpoint, step "
-        f"{result['best_checkpoint_step']})"
+        f"{result['best_checkpoint_step']}{'' if has_examples(loop.validation) else ': the last, no validation split'})"
     )
     return result
 
@@ -374,10 +383,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train = mesh_lib.put_split(splits["train"], mesh)
     plan = make_plan(config, len(splits["train"].labels))
     setup = create_train_state(config, mesh, plan.steps_per_epoch)
-    state, best_val = setup.state, 0.0
+    state, best_val = setup.state, None
     if resume_dir:
         state, meta = restore_train_state(config, resume_dir, "latest", state, mesh)
-        best_val = float(meta.get("best_val_accuracy", 0.0))
+        best_val = meta.get("best_val_accuracy")
 
     writer = _open_writer(config, workdir, mesh, splits, warnings)
     loop = Loop(
@@ -405,6 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "steps": progress.step,
         "epochs_completed": progress.step / plan.steps_per_epoch,
         "preempted": preempted,
+        "validation_examples": len(splits["validation"].labels),
         "best_val_accuracy": progress.best_val,
         "final_val_accuracy": progress.last_val,
         "train_images_per_second": progress.clock.images_per_second(config.batch_size),
@@ -417,9 +427,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
+        _write_curves(workdir, writer)
     loop.manager.close()
     writer.close()
     return summary
+
+
+def _write_curves(workdir: str, writer: MetricWriter) -> None:
+    """``curves.png`` of the run; a log line instead when matplotlib is not installed."""
+    from irnet_jax import curves  # here, not above: ``python -m irnet_jax.curves`` runs without a double import
+
+    try:
+        writer.log(f"curves: {curves.write_curves(workdir)}")
+    except ImportError:
+        writer.log("curves: matplotlib is not installed, no curves.png (pip install 'irnet_jax[plots]')")
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, source: str) -> dict[str, Any]:
@@ -432,7 +453,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, source: str) -> dict[
     setup = create_train_state(config)
     state, meta = restore_train_state(config, source, config.eval_checkpoint, setup.state, mesh)
     eval_step = make_eval_step(eval_graphdef(setup.graphdef, state), config, mesh)
-    val = evaluate(eval_step, state, mesh_lib.put_split(splits["validation"], mesh), config.eval_batch_size, mesh)
+    validation = mesh_lib.put_split(splits["validation"], mesh)
+    no_val = {"accuracy": None, "loss": None}
+    val = evaluate(eval_step, state, validation, config.eval_batch_size, mesh) if has_examples(validation) else no_val
     test = evaluate(eval_step, state, mesh_lib.put_split(splits["test"], mesh), config.eval_batch_size, mesh)
     result = {
         "checkpoint_step": int(state.step),

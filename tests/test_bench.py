@@ -1,4 +1,5 @@
-"""The benchmark command in tiny mode: every row has every field (no timing is asserted)."""
+"""The benchmark command in tiny mode: every row has every field (no timing is asserted), and the
+training loop's own rate."""
 
 import gzip
 import json
@@ -42,6 +43,7 @@ def test_bench_cli_tiny_mode(tmp_path):
             "--eval_batch_size=8",
             "--steps=2",
             "--warmup=1",
+            "--loop_steps=0",
             f"--output={out}",
         ],
         cwd=REPO,
@@ -62,7 +64,7 @@ def test_bench_cli_tiny_mode(tmp_path):
     assert "comparable only within one run on one machine" in r.stdout
 
 
-def test_bench_steps_per_call_rows(tmp_path):
+def test_bench_steps_per_call_rows_and_the_loop_rate(tmp_path, tfds_dir):
     out = tmp_path / "rows.jsonl"
     r = subprocess.run(
         [
@@ -78,6 +80,8 @@ def test_bench_steps_per_call_rows(tmp_path):
             "--steps=2",
             "--warmup=1",
             "--steps_per_call=1,3",
+            "--loop_steps=9",
+            f"--config.data_dir={tfds_dir}",
             f"--output={out}",
         ],
         cwd=REPO,
@@ -90,6 +94,9 @@ def test_bench_steps_per_call_rows(tmp_path):
     assert [row["steps_per_call"] for row in rows] == [1, 3]
     assert all(FIELDS <= set(row) and row["train_images_per_second"] > 0 for row in rows)
     assert rows[1]["unroll_steps"] is True  # "auto" on CPU
+    # The training loop itself ran 9 steps per row (calls of 1, and of 3) on real MNIST.
+    assert all(row["loop_steps"] == 9 and row["loop_train_images_per_second"] > 0 for row in rows)
+    assert "loop img/s" in r.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py", "--steps_per_call=0"],
         cwd=REPO,

@@ -93,12 +93,53 @@ def test_smoke_run_reaches_accuracy_and_writes_outputs(smoke_run):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     log = open(os.path.join(workdir, "train.log")).read()
     assert "img/s" in log and "ETA" in log and "val acc" in log
+    assert on_disk["validation_examples"] == 5000 and "nan" not in log
+    png = pathlib.Path(workdir, "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
     # In-process, JAX started before the run: a cpu_devices it cannot apply is said, not ignored.
     applied = len(jax.devices("cpu")) == config.cpu_devices
     assert applied != (f"cpu_devices={config.cpu_devices} not applied" in log)
     # Warm-up then cosine: the logged learning rate rises, then falls to ~0.
     lrs = [l["learning_rate"] for l in lines if "learning_rate" in l]
     assert lrs[0] < max(lrs) and lrs[-1] < 1e-6
+
+
+def test_curves_of_a_workdir_and_a_run_without_matplotlib(smoke_run, tmp_path, monkeypatch):
+    from matplotlib import image
+
+    from irnet_jax import curves
+    from irnet_jax.metric_writers import MetricWriter
+
+    _, workdir, _ = smoke_run
+    path = curves.write_curves(workdir, str(tmp_path / "c.png"))
+    assert image.imread(path).shape[:2] == (400, 1800)  # four panels, 18 x 4 inches at 100 dpi
+    epochs, values = curves.series(curves.read_metrics(workdir), "val_accuracy")
+    assert epochs == [1, 2] and all(0.9 < v <= 1 for v in values)
+    train_epochs, _ = curves.series(curves.read_metrics(workdir), "train_loss")
+    assert 0 < train_epochs[0] < 1 and train_epochs[-1] == 2
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # the import itself fails, as without the package
+    writer = MetricWriter(str(tmp_path / "w"))
+    trainer._write_curves(str(tmp_path / "w"), writer)
+    writer.close()
+    assert "matplotlib is not installed" in (tmp_path / "w" / "train.log").read_text()
+    assert not (tmp_path / "w" / "curves.png").exists()
+
+
+def test_no_validation_split_trains_on_everything_and_keeps_the_last_checkpoint(tfds_dir, tmp_path):
+    full = trainer.load_splits(tiny_config(tfds_dir, validation_size=0, train_size=-1))
+    assert len(full["train"].labels) == 60000 and len(full["validation"].labels) == 0
+    workdir = str(tmp_path / "w")
+    summary = trainer.train_and_evaluate(tiny_config(tfds_dir, validation_size=0), workdir)
+    assert summary["validation_examples"] == 0 and summary["steps"] == 32
+    assert summary["best_val_accuracy"] is None and summary["final_val_accuracy"] is None
+    assert summary["best_checkpoint_step"] == 32
+    assert summary["best_checkpoint_test_accuracy"] == summary["final_test_accuracy"] > 0.5
+    log = open(os.path.join(workdir, "train.log")).read()
+    assert "nan" not in log and log.count("no validation split (validation_size=0)") == 2
+    assert not any("val_loss" in json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")))
+    result = trainer.evaluate_checkpoint(tiny_config(tfds_dir, validation_size=0), workdir)  # "best": the last
+    assert result["checkpoint_step"] == 32 and result["val_accuracy"] is None
+    assert result["test_accuracy"] == pytest.approx(summary["final_test_accuracy"], abs=1e-9)
 
 
 def test_eval_only_reproduces_recorded_accuracy_and_touches_nothing(smoke_run):
