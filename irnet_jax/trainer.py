@@ -11,15 +11,13 @@ periodic action (log, evaluate, save) is decided by ``itstime`` on call boundari
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,6 +31,7 @@ from irnet_jax import data as data_lib
 from irnet_jax import mesh as mesh_lib
 from irnet_jax import models, optim, runtime
 from irnet_jax.metric_writers import MetricWriter
+from irnet_jax.preemption import Preemption, handle_sigterm
 from irnet_jax.steps import TrainMetrics, evaluate, make_eval_step, make_multi_step
 from irnet_jax.summary import format_summary, summarize
 from irnet_jax.timing import DispatchWindow, TrainClock
@@ -145,28 +144,6 @@ def make_plan(config: ml_collections.ConfigDict, n_train: int) -> RunPlan:
 
 
 # ------------------------------------------------------------------------------ loop pieces
-
-
-@dataclasses.dataclass
-class Preemption:
-    """Set by SIGTERM (TPU preemption): the loop saves a checkpoint and returns."""
-
-    requested: bool = False
-
-
-@contextlib.contextmanager
-def handle_sigterm() -> Iterator[Preemption]:
-    """A ``Preemption`` flag set by SIGTERM while the block runs (the previous handler is restored)."""
-    preemption = Preemption()
-    try:
-        previous = signal.signal(signal.SIGTERM, lambda *_: setattr(preemption, "requested", True))
-    except ValueError:  # not the main thread (e.g. some notebook kernels): no preemption handling
-        yield preemption
-        return
-    try:
-        yield preemption
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclasses.dataclass
