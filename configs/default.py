@@ -45,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
     # "none", "crop" (random shift by up to crop_padding pixels) or "crop_flip" (+ horizontal flip).
     config.augment = "default"
     config.crop_padding = 4
+    # Pixel normalization (x / 255 - mean) / std: "dataset" (its own statistics) or "imagenet" (ImageNet's
+    # RGB statistics, as the official IR-Net code uses for CIFAR-10).
+    config.normalization = "dataset"
 
     # Optimization.
     config.optimizer = "sgd"  # "sgd" (momentum, IR-Net), "adam" or "adamw"

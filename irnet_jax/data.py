@@ -42,6 +42,25 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+# ``config.normalization``: "dataset" = the dataset's own mean/std (DatasetInfo), "imagenet" = ImageNet's
+# RGB statistics, as the official IR-Net code uses for CIFAR-10 (3-channel datasets only).
+NORMALIZATIONS = ("dataset", "imagenet")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def normalization_stats(info: DatasetInfo, normalization: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)`` in [0, 1] pixel units of ``normalization`` for dataset ``info``."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; valid: {list(NORMALIZATIONS)}")
+    if normalization == "dataset":
+        return info.mean, info.std
+    if info.image_shape[-1] != len(IMAGENET_MEAN):
+        raise ValueError(
+            f"normalization='imagenet' needs RGB images; {info.name} has {info.image_shape[-1]} channel(s)"
+        )
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
 def get_dataset_info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
@@ -126,10 +145,11 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
 
 
-def normalize(images_u8: Array, info: DatasetInfo, dtype=jnp.float32) -> Array:
-    """``(x / 255 - mean) / std`` per channel. ``[B, H, W, C] uint8 -> [B, H, W, C] dtype``."""
+def normalize(images_u8: Array, info: DatasetInfo, dtype=jnp.float32, normalization: str = "dataset") -> Array:
+    """``(x / 255 - mean) / std`` per channel (``normalization_stats``). ``[B, H, W, C] uint8 -> [B, H, W, C] dtype``."""
+    mean, std = normalization_stats(info, normalization)
     x = images_u8.astype(jnp.float32) / 255.0
-    x = (x - jnp.asarray(info.mean, jnp.float32)) / jnp.asarray(info.std, jnp.float32)
+    x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
     return x.astype(dtype)
 
 
@@ -182,11 +202,12 @@ def preprocess(
     levels: int = 1,
     augment: str = "default",
     crop_padding: int = 4,
+    normalization: str = "dataset",
 ) -> Array:
-    """Augment (training: when ``key`` is given, as ``augment`` says), then normalize, or encode into
-    {-1, +1} planes (``encoding``, see ``irnet_jax.encoding``) for a binary first layer."""
+    """Augment (training: when ``key`` is given, as ``augment`` says), then normalize (``normalization``),
+    or encode into {-1, +1} planes (``encoding``, see ``irnet_jax.encoding``) for a binary first layer."""
     if key is not None:
         images_u8 = augment_images(images_u8, key, resolve_augment(augment, info), crop_padding)
     if encoding != "none":
         return encode(images_u8, encoding, levels, dtype)
-    return normalize(images_u8, info, dtype)
+    return normalize(images_u8, info, dtype, normalization)

@@ -62,6 +62,7 @@ def _train_step_fn(
             config.encoding_levels,
             config.augment,
             config.crop_padding,
+            config.normalization,
         )
 
         def loss_fn(params, batch_stats):
@@ -151,7 +152,9 @@ def make_eval_step(graphdef_eval: nnx.GraphDef, config: ml_collections.ConfigDic
 
     def eval_step(params, batch_stats, images, labels, idx, mask):
         x = jax.lax.with_sharding_constraint(images[idx], batch_sharding)
-        x = data_lib.preprocess(x, info, None, dtype, config.input_encoding, config.encoding_levels)
+        x = data_lib.preprocess(
+            x, info, None, dtype, config.input_encoding, config.encoding_levels, normalization=config.normalization
+        )
         y = labels[idx]
         logits = nnx.merge(graphdef_eval, params, batch_stats, copy=True)(x).astype(jnp.float32)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)

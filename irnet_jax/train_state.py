@@ -112,7 +112,9 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     if not os.path.isfile(path):
         raise ckpt.CheckpointError(f"{workdir!r} has no config.json: pass the workdir of a training run")
     with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
+        fields = json.load(f)
+    # A run written before a training field existed was trained with that field's old value.
+    return ml_collections.ConfigDict({**ckpt.FIELDS_ADDED_LATER, **fields})
 
 
 def load_model(workdir: str, which: str = "best") -> tuple[nnx.Module, ml_collections.ConfigDict, int]:

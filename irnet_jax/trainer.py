@@ -51,7 +51,9 @@ Array = jax.Array
 
 def validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
     """``ValueError`` naming the bad value and the allowed ones, before anything is loaded or written."""
-    data_lib.resolve_augment(config.augment, data_lib.get_dataset_info(config.dataset))
+    info = data_lib.get_dataset_info(config.dataset)
+    data_lib.resolve_augment(config.augment, info)
+    data_lib.normalization_stats(info, config.normalization)
     if config.crop_padding < 0:
         raise ValueError(f"crop_padding must be >= 0, got {config.crop_padding}")
     if config.model not in models.list_models():

@@ -69,8 +69,38 @@ def test_checkpoints_from_before_the_augment_fields_still_match_their_defaults()
     from configs import smoke
 
     config = smoke.get_config()
-    saved = {k: v for k, v in ckpt.training_fields(config).items() if k not in ("augment", "crop_padding")}
+    saved = {
+        k: v for k, v in ckpt.training_fields(config).items() if k not in ("augment", "crop_padding", "normalization")
+    }
     ckpt.check_compatible(saved, config, "old")  # absent == the value they were trained with
     config.augment = "crop"
     with pytest.raises(ckpt.CheckpointError, match=r"augment: checkpoint 'default' vs config 'crop'"):
         ckpt.check_compatible(saved, config, "old")
+
+
+def test_normalization_dataset_or_imagenet_statistics():
+    x = batch(8, 4, 4, 3)
+    pixels = np.asarray(x, np.float64) / 255
+    for name, mean, std in [
+        ("dataset", CIFAR.mean, CIFAR.std),
+        ("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ]:
+        expected = (pixels - np.asarray(mean)) / np.asarray(std)
+        got = np.asarray(data_lib.preprocess(x, CIFAR, None, normalization=name))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"normalization='imagenet' needs RGB images; mnist has 1 channel"):
+        data_lib.normalize(batch(2, 4, 4, 1), MNIST, normalization="imagenet")
+    with pytest.raises(ValueError, match=r"unknown normalization 'zca'; valid: \['dataset', 'imagenet'\]"):
+        data_lib.normalize(x, CIFAR, normalization="zca")
+
+
+def test_a_run_config_from_before_a_field_existed_reads_with_its_old_value(tmp_path):
+    import json
+
+    from configs import smoke
+    from irnet_jax.train_state import read_run_config
+
+    fields = json.loads(smoke.get_config().to_json())
+    del fields["normalization"]
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    assert read_run_config(str(tmp_path)).normalization == "dataset"

@@ -74,3 +74,18 @@ def test_experiment_configs_exist():
         "smoke",
     }
     assert expected <= set(CONFIGS)
+
+
+@pytest.mark.parametrize(
+    "name,base",
+    [("irnet_resnet20_1w1a_cifar10", "resnet20_cifar10"), ("irnet_vgg_small_1w1a_cifar10", "vgg_small_cifar10")],
+)
+def test_irnet_configs_are_the_official_recipe(name, base):
+    """The official mechanics (README, "The official recipe"); everything else as the project's config."""
+    official = importlib.import_module(f"configs.{name}").get_config().to_dict()
+    own = importlib.import_module(f"configs.{base}").get_config().to_dict()
+    expected = {"validation_size": 0, "lr_per_epoch": True, "ede_per_epoch": True, "normalization": "imagenet"}
+    assert {k: official[k] for k in expected} == expected
+    assert {k: v for k, v in official.items() if k not in expected} == {
+        k: v for k, v in own.items() if k not in expected
+    }

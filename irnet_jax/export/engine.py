@@ -26,7 +26,8 @@ def first_layer_input(images_u8: np.ndarray, folded: FoldedModel) -> np.ndarray:
             raise ExportError("a binary first layer needs an input encoding (input_encoding thermometer/bitplanes)")
         planes = encoding.encode(jnp.asarray(images_u8), folded.input_encoding, folded.encoding_levels)
         return (np.asarray(planes) > 0).astype(np.uint8)
-    return np.asarray(data_lib.normalize(jnp.asarray(images_u8), data_lib.get_dataset_info(folded.dataset)))
+    info = data_lib.get_dataset_info(folded.dataset)
+    return np.asarray(data_lib.normalize(jnp.asarray(images_u8), info, normalization=folded.normalization))
 
 
 def run_numpy(folded: FoldedModel, images_u8: np.ndarray, trace: bool = False) -> tuple[np.ndarray, list[dict]]:
@@ -69,7 +70,15 @@ def model_predictions(
 
     @jax.jit
     def predict(state, x):
-        x = data_lib.preprocess(x, info, None, jnp.float32, config.input_encoding, config.encoding_levels)
+        x = data_lib.preprocess(
+            x,
+            info,
+            None,
+            jnp.float32,
+            config.input_encoding,
+            config.encoding_levels,
+            normalization=config.normalization,
+        )
         return jnp.argmax(nnx.merge(graphdef, state, copy=True)(x), -1)
 
     return np.concatenate(
@@ -95,7 +104,15 @@ def benchmark_engine(
     graphdef, state = nnx.split(model)
 
     def forward(st, x):
-        x = data_lib.preprocess(x, info, None, jnp.float32, config.input_encoding, config.encoding_levels)
+        x = data_lib.preprocess(
+            x,
+            info,
+            None,
+            jnp.float32,
+            config.input_encoding,
+            config.encoding_levels,
+            normalization=config.normalization,
+        )
         return nnx.merge(graphdef, st, copy=True)(x)
 
     float_fwd = jax.jit(forward)

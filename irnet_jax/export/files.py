@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from irnet_jax import data as data_lib
 from irnet_jax.export import bits as bit_ops
 from irnet_jax.export.engine import run_numpy
 from irnet_jax.export.stages import FoldedModel, Lines, pixel_rows, write_lines
@@ -51,6 +52,12 @@ def _sizes(folded: FoldedModel) -> dict[str, int]:
     }
 
 
+def _normalization(folded: FoldedModel) -> dict[str, Any]:
+    """How a float first layer's input is formed from the uint8 image: ``(x / 255 - mean) / std``."""
+    mean, std = data_lib.normalization_stats(data_lib.get_dataset_info(folded.dataset), folded.normalization)
+    return {"name": folded.normalization, "rule": "(pixel / 255 - mean[c]) / std[c]", "mean": mean, "std": std}
+
+
 def _manifest(folded: FoldedModel, source: dict, labels: np.ndarray, layers: list[dict]) -> dict[str, Any]:
     return {
         "format": FORMAT,
@@ -62,6 +69,7 @@ def _manifest(folded: FoldedModel, source: dict, labels: np.ndarray, layers: lis
             "levels": folded.encoding_levels,
             "image": "uint8 [H, W, C]",
             "planes_order": "channel c, level j -> plane c * levels + j",
+            "normalization": _normalization(folded),
         },
         "bit_convention": "bit 1 = +1, bit 0 = -1 (the original's text style)",
         "index_order": {

@@ -156,4 +156,6 @@ def fold(model: nnx.Module, config: ml_collections.ConfigDict) -> FoldedModel:
         stages.append(fold_conv(spec, shape, first=not stages))
         shape = _output_shape(stages[-1], spec.conv.out_features)
     stages.append(fold_classifier(fc, int(np.prod(shape))))
-    return FoldedModel(stages, config.input_encoding, config.encoding_levels, config.dataset, config.model)
+    return FoldedModel(
+        stages, config.input_encoding, config.encoding_levels, config.dataset, config.model, config.normalization
+    )

@@ -305,3 +305,4 @@ class FoldedModel:
     encoding_levels: int
     dataset: str
     model: str
+    normalization: str = "dataset"  # of the pixels a float first layer sees (data.normalization_stats)
