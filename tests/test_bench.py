@@ -28,28 +28,23 @@ FIELDS = {
 }
 
 
+def run_bench(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m irnet_jax.bench --config configs/smoke.py ARGS`` (the loop rate off unless ARGS set it)."""
+    loop = [] if any(a.startswith("--loop_steps") for a in args) else ["--loop_steps=0"]
+    command = [sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py", *loop, *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
 def test_bench_cli_tiny_mode(tmp_path):
     out = tmp_path / "rows.jsonl"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "irnet_jax.bench",
-            "--config",
-            "configs/smoke.py",
-            "--binary=true,false",
-            "--dtypes=float32,bfloat16",
-            "--batch_size=8,16",
-            "--eval_batch_size=8",
-            "--steps=2",
-            "--warmup=1",
-            "--loop_steps=0",
-            f"--output={out}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    r = run_bench(
+        "--binary=true,false",
+        "--dtypes=float32,bfloat16",
+        "--batch_size=8,16",
+        "--eval_batch_size=8",
+        "--steps=2",
+        "--warmup=1",
+        f"--output={out}",
     )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(l) for l in out.read_text().splitlines()]
@@ -66,28 +61,17 @@ def test_bench_cli_tiny_mode(tmp_path):
 
 def test_bench_steps_per_call_rows_and_the_loop_rate(tmp_path, tfds_dir):
     out = tmp_path / "rows.jsonl"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "irnet_jax.bench",
-            "--config",
-            "configs/smoke.py",
-            "--binary=true",
-            "--dtypes=float32",
-            "--batch_size=8",
-            "--eval_batch_size=8",
-            "--steps=2",
-            "--warmup=1",
-            "--steps_per_call=1,3",
-            "--loop_steps=9",
-            f"--config.data_dir={tfds_dir}",
-            f"--output={out}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    r = run_bench(
+        "--binary=true",
+        "--dtypes=float32",
+        "--batch_size=8",
+        "--eval_batch_size=8",
+        "--steps=2",
+        "--warmup=1",
+        "--steps_per_call=1,3",
+        "--loop_steps=9",
+        f"--config.data_dir={tfds_dir}",
+        f"--output={out}",
     )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(l) for l in out.read_text().splitlines()]
@@ -97,58 +81,27 @@ def test_bench_steps_per_call_rows_and_the_loop_rate(tmp_path, tfds_dir):
     # The training loop itself ran 9 steps per row (calls of 1, and of 3) on real MNIST.
     assert all(row["loop_steps"] == 9 and row["loop_train_images_per_second"] > 0 for row in rows)
     assert "loop img/s" in r.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "irnet_jax.bench", "--config", "configs/smoke.py", "--steps_per_call=0"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = run_bench("--steps_per_call=0", timeout=300)
     assert bad.returncode != 0 and "--steps_per_call=[0] must be positive" in bad.stderr
 
 
 def test_bench_rejects_mismatched_batch_lists():
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "irnet_jax.bench",
-            "--config",
-            "configs/smoke.py",
-            "--batch_size=8,16,32",
-            "--eval_batch_size=8,16",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_bench("--batch_size=8,16,32", "--eval_batch_size=8,16", timeout=300)
     assert r.returncode != 0 and "--eval_batch_size=[8, 16] must be one positive value or one per" in r.stderr
 
 
 def test_bench_trace_dir_records_a_trace_and_summarizes_its_kernels(tmp_path):
     out = tmp_path / "rows.jsonl"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "irnet_jax.bench",
-            "--config",
-            "configs/smoke.py",
-            "--binary=true",
-            "--dtypes=float32",
-            "--batch_size=8",
-            "--eval_batch_size=8",
-            "--steps=2",
-            "--warmup=1",
-            f"--trace_dir={tmp_path / 'trace'}",
-            "--trace_steps=2",
-            f"--output={out}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    r = run_bench(
+        "--binary=true",
+        "--dtypes=float32",
+        "--batch_size=8",
+        "--eval_batch_size=8",
+        "--steps=2",
+        "--warmup=1",
+        f"--trace_dir={tmp_path / 'trace'}",
+        "--trace_steps=2",
+        f"--output={out}",
     )
     assert r.returncode == 0, r.stderr[-3000:]
     (row,) = [json.loads(l) for l in out.read_text().splitlines()]

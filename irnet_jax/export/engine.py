@@ -61,29 +61,33 @@ def make_jax_engine(folded: FoldedModel) -> Callable[[jax.Array], jax.Array]:
     return jax.jit(engine)
 
 
-def model_predictions(
-    model: nnx.Module, config: ml_collections.ConfigDict, images_u8: np.ndarray, batch: int = 500
-) -> np.ndarray:
-    """The trained float32 model's predictions (eval mode) on uint8 images."""
+def float_forward(model: nnx.Module, config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:
+    """The trained float32 model's jitted eval forward: ``[N, H, W, C] uint8 -> logits [N, classes]``,
+    preprocessed as in training (normalization or input encoding, no augmentation)."""
     info = data_lib.get_dataset_info(config.dataset)
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def predict(state, x):
+    def forward(state, images_u8):
+        encoding, levels = config.input_encoding, config.encoding_levels
         x = data_lib.preprocess(
-            x,
-            info,
-            None,
-            jnp.float32,
-            config.input_encoding,
-            config.encoding_levels,
-            normalization=config.normalization,
+            images_u8, info, None, jnp.float32, encoding, levels, normalization=config.normalization
         )
-        return jnp.argmax(nnx.merge(graphdef, state, copy=True)(x), -1)
+        return nnx.merge(graphdef, state, copy=True)(x)
 
-    return np.concatenate(
-        [np.asarray(predict(state, jnp.asarray(images_u8[i : i + batch]))) for i in range(0, len(images_u8), batch)]
-    )
+    return lambda images_u8: forward(state, images_u8)
+
+
+def model_predictions(
+    model: nnx.Module, config: ml_collections.ConfigDict, images_u8: np.ndarray, batch: int = 500
+) -> np.ndarray:
+    """The trained float32 model's predictions (eval mode) on uint8 images, ``batch`` at a time."""
+    forward = float_forward(model, config)
+    out = [
+        np.asarray(jnp.argmax(forward(jnp.asarray(images_u8[i : i + batch])), -1))
+        for i in range(0, len(images_u8), batch)
+    ]
+    return np.concatenate(out)
 
 
 def engine_predictions(folded: FoldedModel, images_u8: np.ndarray, batch: int = 250) -> np.ndarray:
@@ -100,22 +104,7 @@ def benchmark_engine(
     folded: FoldedModel, model: nnx.Module, config: ml_collections.ConfigDict, images_u8: np.ndarray, repeats: int = 5
 ) -> dict[str, float]:
     """Median images/s of the packed JAX engine and of the float model's jitted eval forward, one batch."""
-    info = data_lib.get_dataset_info(config.dataset)
-    graphdef, state = nnx.split(model)
-
-    def forward(st, x):
-        x = data_lib.preprocess(
-            x,
-            info,
-            None,
-            jnp.float32,
-            config.input_encoding,
-            config.encoding_levels,
-            normalization=config.normalization,
-        )
-        return nnx.merge(graphdef, st, copy=True)(x)
-
-    float_fwd = jax.jit(forward)
+    float_fwd = float_forward(model, config)
     engine = make_jax_engine(folded)
     x_u8 = jnp.asarray(images_u8)
     x_in = jnp.asarray(first_layer_input(images_u8, folded))
@@ -123,7 +112,7 @@ def benchmark_engine(
     def rate(fn) -> float:
         return len(images_u8) / median_seconds(fn, repeats)
 
-    e, f = rate(lambda: engine(x_in)), rate(lambda: float_fwd(state, x_u8))
+    e, f = rate(lambda: engine(x_in)), rate(lambda: float_fwd(x_u8))
     return {
         "batch": len(images_u8),
         "engine_images_per_second": e,
