@@ -2,31 +2,41 @@
 
     python train.py --config configs/vgg_small_cifar10.py --workdir runs/vgg_small
     python train.py --config configs/vgg_small_cifar10.py --workdir runs/vgg_small \
-        --config.resume_dir=runs/vgg_small
+        --config.resume_dir=runs/vgg_small          # or --config.resume_dir=auto: resume if possible
     python train.py --config configs/smoke.py --workdir runs/smoke --config.eval_only=True
+
+A mistake in the command line or the config is one line on stderr and exit status 2; a run whose loss
+becomes NaN stops with exit status 3 (``irnet_jax.cli``). Several processes (one per host; README
+"Multi-host training"): ``--distributed``, with ``--coordinator_address``, ``--num_processes`` and
+``--process_id`` where the cluster does not set them (on a TPU pod slice JAX finds them itself).
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from irnet_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU).")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (one process per host).")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (--distributed; '' = JAX's cluster detection).")
+flags.DEFINE_integer("num_processes", 0, "Number of processes (--distributed; 0 = JAX's cluster detection).")
+flags.DEFINE_integer("process_id", -1, "This process's index (--distributed; -1 = JAX's cluster detection).")
+flags.DEFINE_integer("heartbeat_timeout_seconds", 100, "--distributed: a process silent this long stops the run.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    from irnet_jax import runtime, trainer
+    from irnet_jax import distributed, runtime, trainer
 
     runtime.configure_runtime(FLAGS.config)  # xla_flags, cpu_devices: before JAX starts its backends
     if FLAGS.distributed:
-        jax.distributed.initialize()
-
+        distributed.initialize(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_seconds
+        )
     logging.info(
         "JAX %s: process %d/%d, devices %s", jax.__version__, jax.process_index(), jax.process_count(), jax.devices()
     )
@@ -37,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "train.py")

@@ -31,12 +31,13 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from irnet_jax import cli, optim, profiling, runtime, trainer
 from irnet_jax import data as data_lib
 from irnet_jax import mesh as mesh_lib
-from irnet_jax import optim, profiling, runtime, trainer
+from irnet_jax.errors import ConfigError
 from irnet_jax.steps import make_eval_step, make_multi_step
 from irnet_jax.timing import median_seconds, pipelined_seconds
 from irnet_jax.train_state import create_train_state, eval_graphdef
@@ -303,22 +304,20 @@ def run(
 
 def _parse_bool(s: str) -> bool:
     if s.lower() not in ("true", "false"):
-        raise app.UsageError(f"--binary takes true/false values, got {s!r}")
+        raise ConfigError(f"--binary takes true/false values, got {s!r}")
     return s.lower() == "true"
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     for warning in runtime.configure_runtime(FLAGS.config):  # xla_flags, cpu_devices: before JAX starts
         print(warning, flush=True)
     try:
         pairs = batch_pairs([int(b) for b in FLAGS.batch_size], [int(b) for b in FLAGS.eval_batch_size])
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        raise ConfigError(str(e)) from None
     steps_per_call = tuple(int(s) for s in FLAGS.steps_per_call) or (runtime.steps_per_call(FLAGS.config),)
     if min(steps_per_call) < 1:
-        raise app.UsageError(f"--steps_per_call={list(steps_per_call)} must be positive")
+        raise ConfigError(f"--steps_per_call={list(steps_per_call)} must be positive")
     run(
         FLAGS.config,
         FLAGS.models,
@@ -336,4 +335,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "python -m irnet_jax.bench")

@@ -15,7 +15,10 @@ from typing import Any
 
 from absl import app
 
+from irnet_jax import cli
+
 CURVES_FILE = "curves.png"
+PROG = "python -m irnet_jax.curves"
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -81,14 +84,13 @@ def write_curves(workdir: str, path: str = "") -> str:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 2:
-        raise app.UsageError("usage: python -m irnet_jax.curves WORKDIR")
     try:
         print(write_curves(argv[1]))
     except (FileNotFoundError, ImportError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(PROG, cli.one_line(e))
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        cli.fail(PROG, "usage: python -m irnet_jax.curves WORKDIR")
     app.run(main)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irnet_jax.encoding import encode
+from irnet_jax.errors import UserError
 
 Array = jax.Array
 
@@ -73,7 +74,7 @@ class Split(NamedTuple):
     labels: np.ndarray  # [N] int32
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The dataset cannot be found or read."""
 
 

@@ -94,16 +94,22 @@ def create_train_state(
 
 
 def restore_train_state(
-    config: ml_collections.ConfigDict, source_dir: str, which: str, abstract: TrainState, mesh: Mesh
+    config: ml_collections.ConfigDict,
+    source_dir: str,
+    which: str,
+    abstract: TrainState,
+    mesh: Mesh,
+    step: int | None = None,
 ) -> tuple[TrainState, dict]:
-    """The ``which`` ("latest"/"best") checkpoint of ``source_dir`` replicated over ``mesh``, and its
-    metadata; ``CheckpointError`` when missing, unreadable or trained with another config."""
-    step = ckpt.find_step(source_dir, which)
+    """The ``which`` ("latest"/"best") checkpoint of ``source_dir`` (or the given ``step``) replicated
+    over ``mesh``, verified against its recorded checksums, and its metadata. ``CheckpointError`` when
+    missing or trained with another config, ``DamagedCheckpoint`` when unreadable or damaged."""
+    step = ckpt.find_step(source_dir, which) if step is None else step
     meta = ckpt.read_meta(source_dir, step)
     ckpt.check_compatible(meta.get("config", {}), config, source_dir)
     sharding = mesh_lib.replicated(mesh)
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
-    return ckpt.restore_state(source_dir, step, target), meta
+    return ckpt.restore_state(source_dir, step, target, meta.get("checksums")), meta
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:

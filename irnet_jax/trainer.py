@@ -29,7 +29,8 @@ from jax.sharding import Mesh
 from irnet_jax import checkpointing as ckpt
 from irnet_jax import data as data_lib
 from irnet_jax import mesh as mesh_lib
-from irnet_jax import models, optim, runtime
+from irnet_jax import optim, runtime, validation
+from irnet_jax.errors import ConfigError, Diverged
 from irnet_jax.metric_writers import MetricWriter
 from irnet_jax.preemption import Preemption, handle_sigterm
 from irnet_jax.steps import TrainMetrics, evaluate, make_eval_step, make_multi_step
@@ -49,32 +50,15 @@ Array = jax.Array
 # ------------------------------------------------------------------------------------ set-up
 
 
-def validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
-    """``ValueError`` naming the bad value and the allowed ones, before anything is loaded or written."""
-    info = data_lib.get_dataset_info(config.dataset)
-    data_lib.resolve_augment(config.augment, info)
-    data_lib.normalization_stats(info, config.normalization)
-    if config.crop_padding < 0:
-        raise ValueError(f"crop_padding must be >= 0, got {config.crop_padding}")
-    if config.model not in models.list_models():
-        raise ValueError(f"unknown model {config.model!r}; valid: {models.list_models()}")
-    if config.batch_size % n_devices or config.eval_batch_size % n_devices:
-        raise ValueError(
-            f"batch_size={config.batch_size} and eval_batch_size={config.eval_batch_size} must be "
-            f"multiples of the device count {n_devices}"
-        )
-    runtime.validate(config)
-    optim.validate(config)
-    if config.eval_checkpoint not in ("best", "latest"):
-        raise ValueError(f"eval_checkpoint must be 'best' or 'latest', got {config.eval_checkpoint!r}")
-
-
 def load_splits(config: ml_collections.ConfigDict) -> dict[str, data_lib.Split]:
     """The configured dataset's train/validation/test splits; ``train_size > 0`` keeps only that many
     training examples (the first ones of the train split: short experiments)."""
-    splits = data_lib.load_dataset(
-        config.dataset, config.data_dir, config.validation_size, config.seed, config.download
-    )
+    try:
+        splits = data_lib.load_dataset(
+            config.dataset, config.data_dir, config.validation_size, config.seed, config.download
+        )
+    except ValueError as e:  # validation_size not smaller than the train split
+        raise ConfigError(str(e)) from None
     if config.train_size > 0:
         train = splits["train"]
         splits["train"] = data_lib.Split(train.images[: config.train_size], train.labels[: config.train_size])
@@ -86,24 +70,69 @@ def _start(config: ml_collections.ConfigDict) -> tuple[Mesh, list[str]]:
     ckpt.quiet_orbax_logs()
     warnings = runtime.configure_runtime(config)
     mesh = mesh_lib.make_mesh()
-    validate(config, mesh.size)
+    validation.validate(config, mesh.size)
     return mesh, warnings
 
 
-def _check_workdirs(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, str]:
-    """``(workdir, resume_dir)`` as absolute paths; refuses a fresh run into a workdir holding checkpoints
-    and a resume from a directory without one, before anything is loaded or written."""
+def _check_workdir_path(workdir: str) -> str:
+    """``workdir`` as an absolute path; ``ConfigError`` when empty, a file, or not writable."""
+    if not workdir:
+        raise ConfigError("workdir is empty: name a directory for the run's checkpoints and logs")
     workdir = os.path.abspath(workdir)
-    resume_dir = os.path.abspath(config.resume_dir) if config.resume_dir else ""
-    checkpoints = ckpt.checkpoint_dir(workdir)
-    if not resume_dir and os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"workdir {workdir} is a file, not a directory")
+    existing = workdir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"workdir {workdir} cannot be written ({existing} is not writable)")
+    return workdir
+
+
+def _check_workdirs(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, str]:
+    """``(workdir, resume_dir)`` as absolute paths (``resume_dir`` "" for a fresh run), before anything
+    is loaded or written. ``resume_dir="auto"`` resumes ``workdir`` when it holds a complete checkpoint
+    and starts fresh otherwise (a preemption loop runs one command unchanged). Refused: a fresh run into
+    a workdir holding checkpoints, a resume from a directory without one, and a resume of one run into
+    the workdir of another (two runs' checkpoints and logs would mix)."""
+    workdir = _check_workdir_path(workdir)
+    here = ckpt.complete_steps(workdir)
+    if config.resume_dir == "auto":
+        resume_dir = workdir if here else ""
+    else:
+        resume_dir = os.path.abspath(config.resume_dir) if config.resume_dir else ""
+    if not resume_dir and here:
         raise ckpt.CheckpointError(
-            f"workdir {workdir} already holds checkpoints; resume with --config.resume_dir={workdir} "
-            f"or choose a new workdir (nothing was changed)"
+            f"workdir {workdir} already holds checkpoints (steps {here}); resume with "
+            f"--config.resume_dir={workdir} (or auto) or choose a new workdir (nothing was changed)"
+        )
+    if resume_dir and resume_dir != workdir and here:
+        raise ckpt.CheckpointError(
+            f"workdir {workdir} holds another run's checkpoints (steps {here}); resuming {resume_dir} "
+            f"there would mix two runs: resume in place (--workdir={resume_dir}) or choose a new workdir"
         )
     if resume_dir:
-        ckpt.find_step(resume_dir, "latest")
+        ckpt.require_checkpoints(resume_dir)
     return workdir, resume_dir
+
+
+def _restore_newest_intact(
+    config: ml_collections.ConfigDict, resume_dir: str, abstract: TrainState, mesh: Mesh
+) -> tuple[TrainState, dict, list[str]]:
+    """The newest checkpoint of ``resume_dir`` that reads back intact (its arrays match their checksums),
+    its metadata, and a log line for each newer one that did not, which is moved aside
+    (``ckpt.set_aside``: never deleted). ``CheckpointError`` when none is intact, or when the run was
+    trained with another config."""
+    skipped = []
+    for step in reversed(ckpt.require_checkpoints(resume_dir)):
+        try:
+            state, meta = restore_train_state(config, resume_dir, "latest", abstract, mesh, step=step)
+        except ckpt.DamagedCheckpoint as e:
+            if jax.process_index() == 0:
+                skipped.append(f"skipped checkpoint step {step}: {e}; moved to {ckpt.set_aside(resume_dir, step)}")
+            continue
+        return state, meta, skipped
+    raise ckpt.CheckpointError(f"no intact checkpoint in {ckpt.checkpoint_dir(resume_dir)}: {'; '.join(skipped)}")
 
 
 # --------------------------------------------------------------------------------- schedule
@@ -136,9 +165,8 @@ class RunPlan:
 
 
 def make_plan(config: ml_collections.ConfigDict, n_train: int) -> RunPlan:
+    validation.check_data_sizes(config, n_train)
     steps_per_epoch = n_train // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={config.batch_size} exceeds the {n_train} training examples")
     total_steps = int(config.num_epochs * steps_per_epoch)
     if config.num_train_steps > 0:
         total_steps = min(total_steps, config.num_train_steps)
@@ -155,11 +183,17 @@ class Progress:
     step: int
     best_val: float | None  # None: no validation accuracy yet (or no validation split)
     last_val: float | None = None
-    metrics: TrainMetrics | None = None
+    metrics: TrainMetrics | None = None  # accumulated since the last log line, over steps metrics_start..
+    metrics_start: int = 0
     log_time: float = dataclasses.field(default_factory=time.time)
     log_step: int = 0
     clock: TrainClock = dataclasses.field(default_factory=TrainClock)
     compiled: bool = False
+    start_step: int = -1  # the step the run (re)started at
+
+    def __post_init__(self):
+        if self.start_step < 0:
+            self.start_step = self.step
 
 
 @dataclasses.dataclass
@@ -193,6 +227,8 @@ def _train_call(
     idx = mesh_lib.put_batch(plan.batch_indices(order, step, n_steps), loop.mesh, axis=1)
     ede = optim.estimator_params_of_steps(loop.config, step, n_steps, plan.steps_per_epoch)
     state, m = loop.train_steps(state, *loop.train, idx, ede, loop.key)
+    if progress.metrics is None:
+        progress.metrics_start = step
     progress.metrics = m if progress.metrics is None else loop.merge_metrics(progress.metrics, m)
     progress.step = step + n_steps
     if not progress.compiled:  # the first call compiles: throughput is timed from its end
@@ -210,6 +246,7 @@ def _log_train(loop: Loop, progress: Progress, ede) -> None:
     config, plan, step = loop.config, loop.plan, progress.step
     values = {k: float(v) for k, v in loop.compute_metrics(progress.metrics).items()}
     progress.metrics = None
+    _stop_if_diverged(loop, values["loss"], progress.metrics_start, step)
     now = time.time()
     rate = (step - progress.log_step) / max(now - progress.log_time, 1e-9)
     progress.log_time, progress.log_step = now, step
@@ -236,7 +273,28 @@ def _log_train(loop: Loop, progress: Progress, ede) -> None:
     )
 
 
+def _stop_if_diverged(loop: Loop, loss: float, first: int, last: int) -> None:
+    """``Diverged`` when the mean train loss of steps ``(first, last]`` is NaN or infinite, naming the
+    steps, the learning rate and the last good checkpoint (nothing of the diverged state is saved)."""
+    if math.isfinite(loss):
+        return
+    good = ckpt.complete_steps(loop.workdir)
+    last_good = f"step {good[-1]} in {ckpt.checkpoint_dir(loop.workdir)}" if good else "none (no checkpoint was saved)"
+    raise Diverged(
+        f"the train loss became {loss} in steps {first + 1}..{last} (learning rate "
+        f"{float(loop.learning_rate(last - 1)):.4g}); stopped without saving; last good checkpoint: {last_good}"
+    )
+
+
+def _check_finite_before_saving(loop: Loop, progress: Progress) -> None:
+    """The loss of the steps not yet logged must be finite before their state is saved."""
+    if progress.metrics is not None:
+        loss = float(loop.compute_metrics(progress.metrics)["loss"])
+        _stop_if_diverged(loop, loss, progress.metrics_start, progress.step)
+
+
 def _save(loop: Loop, state: TrainState, progress: Progress, val_accuracy: float | None) -> None:
+    _check_finite_before_saving(loop, progress)
     meta = {
         "config": ckpt.training_fields(loop.config),
         "model": loop.config.model,
@@ -298,7 +356,8 @@ def _run_epochs(loop: Loop, state: TrainState, progress: Progress, preemption: P
     progress.clock.stop(progress.step)
     if preempted:
         loop.writer.log(f"SIGTERM at step {progress.step}: saving a checkpoint and exiting")
-        if loop.manager.latest_step() != progress.step:  # the epoch-end save may have just written it
+        # Nothing to save when no step ran (SIGTERM before training) or the epoch-end save wrote this step.
+        if progress.step not in ckpt.complete_steps(loop.workdir) and progress.step > progress.start_step:
             _save(loop, state, progress, None)
     return state, preempted
 
@@ -325,7 +384,7 @@ def _test_summary(loop: Loop, state: TrainState, step: int) -> dict[str, Any]:
     return result
 
 
-def _open_writer(config, workdir, mesh, splits, warnings) -> MetricWriter:
+def _open_writer(config, workdir, mesh, splits, warnings: list[str]) -> MetricWriter:
     """The run's metric writer, its header lines (devices, split sizes, model summary) and config.json."""
     writer = MetricWriter(workdir)
     writer.log(
@@ -337,8 +396,9 @@ def _open_writer(config, workdir, mesh, splits, warnings) -> MetricWriter:
         writer.log(warning)
     model = build_model(config, nnx.Rngs(0))
     writer.log(format_summary(summarize(model, model_input_shape(config)), f"{config.model} on {config.dataset}"))
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json(indent=2))
+    if writer.enabled:  # process 0
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json(indent=2))
     return writer
 
 
@@ -350,66 +410,107 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Writes ``<workdir>/checkpoints``, ``metrics.jsonl``, ``train.log``, ``tensorboard/``, ``config.json``
     and ``summary.json`` (accuracies as fractions in [0, 1]). ``config.eval_only`` runs are
-    ``evaluate_checkpoint``'s.
+    ``evaluate_checkpoint``'s. A SIGTERM at any moment ends the run with a consistent checkpoint; a
+    NaN or infinite loss raises ``Diverged`` (nothing of the diverged state is saved); a run resumed
+    when it has already finished changes nothing and returns its summary.
     """
     t_start = time.time()
     if config.eval_only:
-        raise ValueError("eval_only=True: call trainer.evaluate_checkpoint(config, source) (train.py does)")
-    mesh, warnings = _start(config)
-    workdir, resume_dir = _check_workdirs(config, workdir)
-
-    splits = load_splits(config)
-    train = mesh_lib.put_split(splits["train"], mesh)
-    plan = make_plan(config, len(splits["train"].labels))
-    setup = create_train_state(config, mesh, plan.steps_per_epoch)
-    state, best_val = setup.state, None
-    if resume_dir:
-        state, meta = restore_train_state(config, resume_dir, "latest", state, mesh)
-        best_val = meta.get("best_val_accuracy")
-
-    writer = _open_writer(config, workdir, mesh, splits, warnings)
-    loop = Loop(
-        config=config,
-        mesh=mesh,
-        plan=plan,
-        train_steps=make_multi_step(setup.graphdef, setup.tx, config, mesh),
-        eval_step=make_eval_step(eval_graphdef(setup.graphdef, state), config, mesh),
-        learning_rate=setup.learning_rate,
-        train=train,
-        validation=mesh_lib.put_split(splits["validation"], mesh),
-        test=mesh_lib.put_split(splits["test"], mesh),
-        key=jax.random.key(config.seed),
-        workdir=workdir,
-        writer=writer,
-        manager=ckpt.open_manager(workdir, config.keep_checkpoints),
-    )
-    progress = Progress(step=int(state.step), best_val=best_val)
+        raise ConfigError("eval_only=True: call trainer.evaluate_checkpoint(config, source) (train.py does)")
     with handle_sigterm() as preemption:
-        state, preempted = _run_epochs(loop, state, progress, preemption)
-
-    summary: dict[str, Any] = {
-        "model": config.model,
-        "dataset": config.dataset,
-        "steps": progress.step,
-        "epochs_completed": progress.step / plan.steps_per_epoch,
-        "preempted": preempted,
-        "validation_examples": len(splits["validation"].labels),
-        "best_val_accuracy": progress.best_val,
-        "final_val_accuracy": progress.last_val,
-        "train_images_per_second": progress.clock.images_per_second(config.batch_size),
-        "device_count": mesh.size,
-        "backend": jax.default_backend(),
-    }
+        mesh, warnings = _start(config)
+        workdir, resume_dir = _check_workdirs(config, workdir)
+        splits = load_splits(config)
+        plan = make_plan(config, len(splits["train"].labels))
+        _log_local_shards(mesh, plan)
+        setup = create_train_state(config, mesh, plan.steps_per_epoch)
+        state, meta, skipped = setup.state, {}, []
+        if resume_dir:
+            state, meta, skipped = _restore_newest_intact(config, resume_dir, setup.state, mesh)
+        if int(state.step) >= plan.total_steps:
+            return _already_finished(resume_dir, int(state.step), skipped)
+        loop = _make_loop(config, mesh, plan, setup, state, splits, workdir, warnings + skipped)
+        progress = Progress(step=int(state.step), best_val=meta.get("best_val_accuracy"))
+        try:
+            state, preempted = _run_epochs(loop, state, progress, preemption)
+        except Diverged as e:
+            loop.writer.log(f"stopped: {e}")
+            loop.manager.close()
+            loop.writer.close()
+            raise
+    summary = _summary(loop, progress, preempted, len(splits["validation"].labels))
     if not preempted:
         summary.update(_test_summary(loop, state, progress.step))
     summary["wall_seconds"] = time.time() - t_start
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
-        _write_curves(workdir, writer)
+        _write_curves(workdir, loop.writer)
     loop.manager.close()
-    writer.close()
+    loop.writer.close()
     return summary
+
+
+def _log_local_shards(mesh: Mesh, plan: RunPlan) -> None:
+    """Each process (absl log, every process) states how much of each global batch it builds."""
+    probe = mesh_lib.put_batch(np.zeros((1, plan.batch_size), np.int32), mesh, axis=1)
+    local = sum(int(s.data.shape[1]) for s in probe.addressable_shards)
+    logging.info(
+        "process %d/%d: local batch shards %d of %d (%d of %d images per step)",
+        jax.process_index(),
+        jax.process_count(),
+        len(probe.addressable_shards),
+        mesh.size,
+        local,
+        plan.batch_size,
+    )
+
+
+def _make_loop(config, mesh, plan, setup, state, splits, workdir, log_lines) -> Loop:
+    """The run's fixed parts; opens its writer (header lines, ``config.json``) and checkpoint manager."""
+    return Loop(
+        config=config,
+        mesh=mesh,
+        plan=plan,
+        train_steps=make_multi_step(setup.graphdef, setup.tx, config, mesh),
+        eval_step=make_eval_step(eval_graphdef(setup.graphdef, state), config, mesh),
+        learning_rate=setup.learning_rate,
+        train=mesh_lib.put_split(splits["train"], mesh),
+        validation=mesh_lib.put_split(splits["validation"], mesh),
+        test=mesh_lib.put_split(splits["test"], mesh),
+        key=jax.random.key(config.seed),
+        workdir=workdir,
+        writer=_open_writer(config, workdir, mesh, splits, log_lines),
+        manager=ckpt.open_manager(workdir, config.keep_checkpoints),
+    )
+
+
+def _summary(loop: Loop, progress: Progress, preempted: bool, validation_examples: int) -> dict[str, Any]:
+    return {
+        "model": loop.config.model,
+        "dataset": loop.config.dataset,
+        "steps": progress.step,
+        "epochs_completed": progress.step / loop.plan.steps_per_epoch,
+        "preempted": preempted,
+        "validation_examples": validation_examples,
+        "best_val_accuracy": progress.best_val,
+        "final_val_accuracy": progress.last_val,
+        "train_images_per_second": progress.clock.images_per_second(loop.config.batch_size),
+        "device_count": loop.mesh.size,
+        "backend": jax.default_backend(),
+    }
+
+
+def _already_finished(resume_dir: str, step: int, skipped: list[str]) -> dict[str, Any]:
+    """A resumed run whose checkpoint is its last step: nothing is trained or written; its summary."""
+    for line in skipped:
+        logging.warning(line)
+    path = os.path.join(resume_dir, "summary.json")
+    logging.info("%s already finished (step %d): nothing to train; its summary is %s", resume_dir, step, path)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    return {"steps": step, "preempted": False}
 
 
 def _write_curves(workdir: str, writer: MetricWriter) -> None:

@@ -315,7 +315,7 @@ def test_unknown_config_field_is_rejected(tmp_path):
         ("optimizer", "lamb", r"unknown optimizer 'lamb'; valid: \['sgd', 'adam', 'adamw'\]"),
         ("estimator", "approx", r"unknown estimator 'approx'; valid: \['ede', 'ie', 'ste'\]"),
         ("augment", "mixup", r"unknown augment 'mixup'; valid: \['default', 'none', 'crop', 'crop_flip'\]"),
-        ("crop_padding", -2, r"crop_padding must be >= 0, got -2"),
+        ("crop_padding", -2, r"crop_padding=-2 is not allowed: must be >= 0"),
         ("normalization", "zca", r"unknown normalization 'zca'; valid: \['dataset', 'imagenet'\]"),
         ("steps_per_call", 0, r"steps_per_call must be >= 1 or -1 \(auto\), got 0"),
         ("unroll_steps", "yes", r"unroll_steps must be one of \['auto', 'on', 'off'\], got 'yes'"),

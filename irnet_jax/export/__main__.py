@@ -5,22 +5,22 @@ python -m irnet_jax.export --checkpoint runs/fully_binary_mnist --out export/ --
 
 import json
 
-from absl import app, flags
+from absl import flags
+
+from irnet_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Workdir of a training run.")
-flags.DEFINE_string("out", None, "Output directory.")
+flags.DEFINE_string("out", None, "Output directory (new, or empty: an existing export is never overwritten).")
 flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint of the run.")
-flags.DEFINE_integer("num_images", 4, "Test images with golden vectors.")
-flags.DEFINE_integer("verify", 1000, "Test images on which engine == model is checked.")
+flags.DEFINE_integer("num_images", 4, "Test images with golden vectors (0..MAX_GOLDEN_IMAGES).")
+flags.DEFINE_integer("verify", 1000, "Test images on which engine == model is checked (>= 1).")
 flags.DEFINE_string("data_dir", "", "TFDS data dir (default: the run's, else $TFDS_DATA_DIR).")
 flags.DEFINE_integer("bench_batch", 0, "If > 0: also time the packed engine against the float model at this batch.")
 flags.mark_flags_as_required(["checkpoint", "out"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from irnet_jax.export import export_checkpoint
 
     manifest = export_checkpoint(
@@ -30,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "python -m irnet_jax.export")

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from irnet_jax import binarization as bz
+from irnet_jax.errors import UserError
 from irnet_jax.export.stages import (
     BinaryConvStage,
     BinaryDenseStage,
@@ -42,7 +43,7 @@ from irnet_jax.train_state import model_input_shape
 EXPORTABLE = ("vgg_small", "alexnet", "mnistnet")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """The model or checkpoint cannot be exported as an XNOR-popcount-threshold pipeline."""
 
 
