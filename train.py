@@ -11,10 +11,19 @@ becomes NaN stops with exit status 3 (``irnet_jax.cli``). Several processes (one
 ``--process_id`` where the cluster does not set them (on a TPU pod slice JAX finds them itself).
 """
 
-from absl import flags, logging
-from ml_collections import config_flags
+import signal
 
-from irnet_jax import cli
+# Before anything heavy is imported: a SIGTERM during start-up is remembered, and the trainer then
+# exits 0 without training (irnet_jax.preemption) instead of dying with status 143.
+SIGTERM_BEFORE_TRAINING: list = []
+signal.signal(signal.SIGTERM, lambda *_: SIGTERM_BEFORE_TRAINING.append(True))
+
+from absl import flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from irnet_jax import cli, preemption  # noqa: E402
+
+preemption.EARLY_REQUESTS = SIGTERM_BEFORE_TRAINING
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")

@@ -86,7 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 100
     config.save_every_epochs = 1
     config.keep_checkpoints = 3  # the latest N; the best by validation accuracy is kept too
-    config.resume_dir = ""  # a previous workdir to resume from ("": a fresh run)
+    config.resume_dir = ""  # a previous workdir to resume from ("": a fresh run; "auto": the workdir if it has one)
     config.eval_only = False  # evaluate the checkpoint in resume_dir (or workdir) and exit
     config.eval_checkpoint = "best"  # "best" (validation accuracy) or "latest"
     return config

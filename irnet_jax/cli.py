@@ -51,7 +51,7 @@ def _load_config_files() -> None:
     for name in list(flags.FLAGS):
         flag = flags.FLAGS[name]
         if type(flag).__module__.startswith("ml_collections") and flag.present:
-            flag.value.keys()  # noqa: B018 - the access loads the file and applies the overrides
+            getattr(flag.value, "keys", None)  # an attribute access loads the file, applies the overrides
 
 
 def run(main: Callable[[list[str]], object], prog: str) -> None:

@@ -19,6 +19,8 @@ import os
 import jax
 import ml_collections
 
+from irnet_jax.errors import ConfigError
+
 AUTO_ON_OFF = ("auto", "on", "off")
 
 # steps_per_call=-1 ("auto") per backend; TPU (not measured yet) and others get 1.
@@ -28,6 +30,7 @@ GPU_STEPS_PER_CALL = 8
 # xla_flags="auto": convolutions join the CUDA graphs XLA records ("command buffers"; its defaults leave
 # them out, so each convolution splits the graphs). A GPU-only flag: the other backends ignore it.
 AUTO_XLA_FLAGS = "--xla_gpu_enable_command_buffer=+CONVOLUTION"
+MAX_CPU_DEVICES = 512
 
 
 def on_or_auto_on_cpu(config: ml_collections.ConfigDict, field: str) -> bool:
@@ -140,7 +143,10 @@ def xla_flags(config: ml_collections.ConfigDict) -> str:
 def configure_runtime(config: ml_collections.ConfigDict) -> list[str]:
     """Apply the fields that must be set before JAX starts (``xla_flags``, ``cpu_devices``); returns a
     warning for each one that could not be applied: JAX had already started, or (for flags the config
-    names, not "auto"'s) ``$XLA_FLAGS`` sets another value."""
+    names, not "auto"'s) ``$XLA_FLAGS`` sets another value. ``ConfigError`` for an impossible
+    ``cpu_devices`` (before JAX would try to create them)."""
+    if not isinstance(config.cpu_devices, int) or not 0 <= config.cpu_devices <= MAX_CPU_DEVICES:
+        raise ConfigError(f"cpu_devices={config.cpu_devices!r} is not allowed: must be >= 0 and <= {MAX_CPU_DEVICES}")
     flags, explicit = xla_flags(config), config.xla_flags != "auto"
     warnings = [
         f"xla_flags: {mine} not applied, $XLA_FLAGS sets {theirs}"

@@ -354,10 +354,11 @@ def _run_epochs(loop: Loop, state: TrainState, progress: Progress, preemption: P
             preempted = preemption.requested and progress.step < plan.total_steps
     jax.block_until_ready(state.step)
     progress.clock.stop(progress.step)
-    if preempted:
+    if preempted and progress.step == progress.start_step:
+        loop.writer.log(f"SIGTERM before training (step {progress.step}): exiting, nothing to save")
+    elif preempted:
         loop.writer.log(f"SIGTERM at step {progress.step}: saving a checkpoint and exiting")
-        # Nothing to save when no step ran (SIGTERM before training) or the epoch-end save wrote this step.
-        if progress.step not in ckpt.complete_steps(loop.workdir) and progress.step > progress.start_step:
+        if progress.step not in ckpt.complete_steps(loop.workdir):  # the epoch-end save may have written it
             _save(loop, state, progress, None)
     return state, preempted
 
@@ -427,7 +428,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, meta, skipped = setup.state, {}, []
         if resume_dir:
             state, meta, skipped = _restore_newest_intact(config, resume_dir, setup.state, mesh)
-        if int(state.step) >= plan.total_steps:
+        if int(state.step) >= plan.total_steps and _finished_summary(resume_dir):
             return _already_finished(resume_dir, int(state.step), skipped)
         loop = _make_loop(config, mesh, plan, setup, state, splits, workdir, warnings + skipped)
         progress = Progress(step=int(state.step), best_val=meta.get("best_val_accuracy"))
@@ -501,16 +502,26 @@ def _summary(loop: Loop, progress: Progress, preempted: bool, validation_example
     }
 
 
+def _finished_summary(resume_dir: str) -> dict[str, Any] | None:
+    """The ``summary.json`` of a run that finished (tested, not preempted) in ``resume_dir``, else None."""
+    path = os.path.join(resume_dir, "summary.json") if resume_dir else ""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):  # a summary cut short by a kill: test again and rewrite it
+        return None
+    return summary if isinstance(summary, dict) and "final_test_accuracy" in summary else None
+
+
 def _already_finished(resume_dir: str, step: int, skipped: list[str]) -> dict[str, Any]:
-    """A resumed run whose checkpoint is its last step: nothing is trained or written; its summary."""
+    """A resumed run that reached its last step and wrote its summary: nothing is trained or written;
+    returns that summary. (Killed or preempted before that, the run instead tests and writes it.)"""
     for line in skipped:
         logging.warning(line)
-    path = os.path.join(resume_dir, "summary.json")
-    logging.info("%s already finished (step %d): nothing to train; its summary is %s", resume_dir, step, path)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    return {"steps": step, "preempted": False}
+    logging.info("%s already finished (step %d): nothing to do", resume_dir, step)
+    return _finished_summary(resume_dir)
 
 
 def _write_curves(workdir: str, writer: MetricWriter) -> None:

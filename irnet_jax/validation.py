@@ -56,7 +56,7 @@ RULES: dict[str, Rule] = {
     "log_every_steps": Rule(int, 1),
     "save_every_epochs": Rule(int, 1),
     "keep_checkpoints": Rule(int, 1),
-    "cpu_devices": Rule(int, 0, 512),
+    "cpu_devices": Rule(int, 0, runtime.MAX_CPU_DEVICES),
     "seed": Rule(int, 0),
 }
 

@@ -169,7 +169,7 @@ def test_a_diverging_run_stops_and_saves_nothing(tfds_dir, tmp_path):
     with pytest.raises(
         Diverged, match=r"train loss became nan in steps 1\.\.8 \(learning rate .*last good checkpoint: none"
     ):
-        trainer.train_and_evaluate(tiny_config(tfds_dir, learning_rate=1e30), str(workdir))
+        trainer.train_and_evaluate(tiny_config(tfds_dir, learning_rate=3e38), str(workdir))
     assert ckpt.complete_steps(str(workdir)) == []
     assert "stopped: the train loss became nan" in (workdir / "train.log").read_text()
 
@@ -256,3 +256,22 @@ def test_a_checkpoint_of_another_structure_is_refused(tfds_dir, tmp_path, finish
     manager.close()
     with pytest.raises(ckpt.CheckpointError):
         trainer.evaluate_checkpoint(tiny_config(tfds_dir, eval_checkpoint="latest"), str(workdir))
+
+
+def test_sigterm_during_start_up_exits_0_without_training(tfds_dir, tmp_path):
+    """SIGTERM while train.py is still importing: remembered, answered like a preemption (exit 0)."""
+    import signal
+    import time
+
+    workdir = tmp_path / "w"
+    env = dict(os.environ, PYTHONPATH=str(REPO), TFDS_DATA_DIR=tfds_dir)
+    env.pop("XLA_FLAGS", None)
+    p = subprocess.Popen(
+        [sys.executable, "train.py", *SMOKE, f"--workdir={workdir}"], cwd=REPO, env=env, stderr=subprocess.PIPE
+    )
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()[-2000:]
+    assert ckpt.complete_steps(str(workdir)) == []
+    assert json.loads((workdir / "summary.json").read_text())["preempted"] is True
