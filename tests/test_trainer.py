@@ -347,22 +347,28 @@ def test_missing_checkpoint(tfds_dir, tmp_path):
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_removed(smoke_run, tmp_path):
+    """Every step's array files overwritten: evaluation names the step, resuming finds no intact step;
+    the damaged steps are moved to checkpoints_unreadable/, not deleted."""
     config, workdir, _ = smoke_run
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy)
-    step = ckpt.find_step(str(copy), "latest")
-    for dirpath, _, files in os.walk(copy / "checkpoints" / str(step) / "state"):
-        for f in files:
-            pathlib.Path(dirpath, f).write_bytes(b"garbage" * 10)
+    steps = ckpt.complete_steps(str(copy))
+    for step in steps:
+        for dirpath, _, files in os.walk(copy / "checkpoints" / str(step) / "state"):
+            for f in files:
+                pathlib.Path(dirpath, f).write_bytes(b"garbage" * 10)
     before = snapshot(copy)
     config = config.copy_and_resolve_references()
     config.eval_only, config.eval_checkpoint = True, "latest"
-    with pytest.raises(ckpt.CheckpointError, match=rf"checkpoint .*checkpoints/{step} cannot be restored"):
+    with pytest.raises(ckpt.CheckpointError, match=rf"checkpoint .*checkpoints/{steps[-1]} cannot be restored"):
         trainer.evaluate_checkpoint(config, str(copy))
+    assert snapshot(copy) == before
     config.eval_only, config.resume_dir = False, str(copy)
-    with pytest.raises(ckpt.CheckpointError, match=r"cannot be restored"):
+    with pytest.raises(ckpt.CheckpointError, match=r"no intact checkpoint in .*skipped checkpoint step"):
         trainer.train_and_evaluate(config, str(copy))
-    assert set(snapshot(copy)) == set(before)
+    after = snapshot(copy)
+    assert sorted(after.values()) == sorted(before.values())  # the same files (sizes, times), moved aside
+    assert sorted(p.name.split("-")[0] for p in (copy / "checkpoints_unreadable").iterdir()) == sorted(map(str, steps))
 
 
 def test_checkpoint_of_another_model_is_refused(smoke_run, tmp_path):
@@ -385,6 +391,8 @@ def test_checkpoint_of_another_model_is_refused(smoke_run, tmp_path):
 def test_fresh_run_into_a_workdir_with_checkpoints_is_refused(smoke_run):
     config, workdir, _ = smoke_run
     before = snapshot(workdir)
-    with pytest.raises(ckpt.CheckpointError, match=r"already holds checkpoints; resume with --config.resume_dir="):
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"already holds checkpoints \(steps \[.*\]\); resume with --config.resume_dir="
+    ):
         trainer.train_and_evaluate(config, workdir)
     assert snapshot(workdir) == before
