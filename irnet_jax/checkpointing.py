@@ -1,10 +1,12 @@
 """Orbax checkpoints of a training run: ``<workdir>/checkpoints/<step>/{state, meta}``.
 
 ``state`` holds the arrays (step, parameters, BatchNorm statistics, optimizer state); ``meta`` is
-JSON: the model, dataset and every training-defining config field, the epoch and the validation
-accuracy. The latest ``keep`` checkpoints and the best by validation accuracy are kept. Everything
-else of a run (EDE schedule position, RNG keys, data order) is a pure function of ``step`` and the
-config, so restoring ``state`` resumes a run exactly.
+JSON: the model, dataset and every training-defining config field, the epoch, the validation
+accuracy and ``checksums`` (``{tree path: BLAKE2b-128 of dtype, shape and bytes}`` of every array of
+``state``, verified on restore). A step counts only when Orbax finalized it (``complete_steps``).
+The latest ``keep`` checkpoints and the best by validation accuracy are kept. Everything else of a
+run (EDE schedule position, RNG keys, data order) is a pure function of ``step`` and the config, so
+restoring ``state`` resumes a run exactly. Nothing is read through pickle or eval.
 """
 
 from __future__ import annotations

@@ -12,39 +12,14 @@ import sys
 import jax
 import numpy as np
 import pytest
+from test_trainer import snapshot, tiny_config  # the MNIST net on 2,048 images; {file: (size, mtime)}
 
-from configs import mnistnet_mnist
 from irnet_jax import checkpointing as ckpt
 from irnet_jax import trainer
 from irnet_jax.errors import Diverged
 from irnet_jax.train_state import create_train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def tiny_config(tfds_dir, **overrides):
-    """The MNIST net on 2,048 training images, 16 steps per epoch, 2 epochs."""
-    config = mnistnet_mnist.get_config()
-    config.data_dir = tfds_dir
-    config.train_size = 2048
-    config.batch_size = 128
-    config.num_epochs = 2
-    config.warmup_epochs = 0.5
-    config.log_every_steps = 8
-    config.eval_batch_size = 1000
-    for k, v in overrides.items():
-        setattr(config, k, v)
-    return config
-
-
-def snapshot(root):
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            st = os.stat(p)
-            out[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns)
-    return out
 
 
 def params_of(config, workdir, step):
