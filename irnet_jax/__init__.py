@@ -8,6 +8,7 @@ The export is ``irnet_jax.export`` (``python -m irnet_jax.export``); the benchma
 """
 
 from irnet_jax.binarization import EstimatorParams, ede_sign, ie_sign, sign, ste_sign
+from irnet_jax.errors import ConfigError, Diverged, UserError
 from irnet_jax.layers import BinaryConv, BinaryDense
 from irnet_jax.models import create_model, list_models, register_model
 from irnet_jax.optim import create_optimizer, learning_rate_schedule
@@ -22,8 +23,11 @@ __version__ = "0.1.0"
 __all__ = [
     "BinaryConv",
     "BinaryDense",
+    "ConfigError",
+    "Diverged",
     "EstimatorParams",
     "TrainState",
+    "UserError",
     "build_model",
     "configure_cpu_devices",
     "configure_runtime",
