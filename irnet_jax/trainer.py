@@ -189,11 +189,7 @@ class Progress:
     log_step: int = 0
     clock: TrainClock = dataclasses.field(default_factory=TrainClock)
     compiled: bool = False
-    start_step: int = -1  # the step the run (re)started at
-
-    def __post_init__(self):
-        if self.start_step < 0:
-            self.start_step = self.step
+    start_step: int = 0  # the step the run (re)started at
 
 
 @dataclasses.dataclass
@@ -428,10 +424,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, meta, skipped = setup.state, {}, []
         if resume_dir:
             state, meta, skipped = _restore_newest_intact(config, resume_dir, setup.state, mesh)
-        if int(state.step) >= plan.total_steps and _finished_summary(resume_dir):
-            return _already_finished(resume_dir, int(state.step), skipped)
+        finished = _finished_summary(resume_dir) if int(state.step) >= plan.total_steps else None
+        if finished:
+            return _already_finished(resume_dir, int(state.step), skipped, finished)
         loop = _make_loop(config, mesh, plan, setup, state, splits, workdir, warnings + skipped)
-        progress = Progress(step=int(state.step), best_val=meta.get("best_val_accuracy"))
+        progress = Progress(step=int(state.step), best_val=meta.get("best_val_accuracy"), start_step=int(state.step))
         try:
             state, preempted = _run_epochs(loop, state, progress, preemption)
         except Diverged as e:
@@ -515,13 +512,13 @@ def _finished_summary(resume_dir: str) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) and "final_test_accuracy" in summary else None
 
 
-def _already_finished(resume_dir: str, step: int, skipped: list[str]) -> dict[str, Any]:
+def _already_finished(resume_dir: str, step: int, skipped: list[str], summary: dict[str, Any]) -> dict[str, Any]:
     """A resumed run that reached its last step and wrote its summary: nothing is trained or written;
     returns that summary. (Killed or preempted before that, the run instead tests and writes it.)"""
     for line in skipped:
         logging.warning(line)
     logging.info("%s already finished (step %d): nothing to do", resume_dir, step)
-    return _finished_summary(resume_dir)
+    return summary
 
 
 def _write_curves(workdir: str, writer: MetricWriter) -> None:

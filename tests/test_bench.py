@@ -28,6 +28,10 @@ FIELDS = {
 }
 
 
+# One binary float32 row at batch 8, 2 timed steps after 1 warm-up step.
+ONE_TINY_ROW = ["--binary=true", "--dtypes=float32", "--batch_size=8", "--eval_batch_size=8", "--steps=2", "--warmup=1"]
+
+
 def run_bench(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m irnet_jax.bench --config configs/smoke.py ARGS`` (the loop rate off unless ARGS set it)."""
     loop = [] if any(a.startswith("--loop_steps") for a in args) else ["--loop_steps=0"]
@@ -62,12 +66,7 @@ def test_bench_cli_tiny_mode(tmp_path):
 def test_bench_steps_per_call_rows_and_the_loop_rate(tmp_path, tfds_dir):
     out = tmp_path / "rows.jsonl"
     r = run_bench(
-        "--binary=true",
-        "--dtypes=float32",
-        "--batch_size=8",
-        "--eval_batch_size=8",
-        "--steps=2",
-        "--warmup=1",
+        *ONE_TINY_ROW,
         "--steps_per_call=1,3",
         "--loop_steps=9",
         f"--config.data_dir={tfds_dir}",
@@ -93,12 +92,7 @@ def test_bench_rejects_mismatched_batch_lists():
 def test_bench_trace_dir_records_a_trace_and_summarizes_its_kernels(tmp_path):
     out = tmp_path / "rows.jsonl"
     r = run_bench(
-        "--binary=true",
-        "--dtypes=float32",
-        "--batch_size=8",
-        "--eval_batch_size=8",
-        "--steps=2",
-        "--warmup=1",
+        *ONE_TINY_ROW,
         f"--trace_dir={tmp_path / 'trace'}",
         "--trace_steps=2",
         f"--output={out}",
