@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -63,6 +64,8 @@ CASES = [
     ("alexnet", "cifar10", {}),
     ("mnistnet", "mnist", {"pad_value": "one", "input_encoding": "bitplanes", "encoding_levels": 3}),
     ("mnistnet", "mnist", {"pad_value": "minus_one", "norm": "offset"}),
+    ("mnistnet", "mnist", {"pad_value": "zero"}),
+    ("alexnet", "cifar10", {"pad_value": "zero"}),
 ]
 
 
@@ -97,7 +100,8 @@ def test_folding_equals_the_float_model(case, seed):
     for call, rec in zip(calls, trace):
         s = np.abs(np.asarray(call.module.quantized_kernel(ede)).reshape(-1, call.module.out_features)[0])
         np.testing.assert_array_equal(np.asarray(call.output) / s, rec["sums"])
-        assert set(np.unique(np.asarray(call.matmul_input))) <= {-1.0, 1.0}
+        allowed = {-1.0, 1.0} | ({0.0} if config.pad_value == "zero" else set())  # the zero border
+        assert set(np.unique(np.asarray(call.matmul_input))) <= allowed
     # 2. Predictions and logits equal the model's.
     np.testing.assert_array_equal(np.argmax(logits, -1), np.argmax(np.asarray(model_logits), -1))
     np.testing.assert_allclose(logits, np.asarray(model_logits), rtol=1e-5, atol=1e-5)
@@ -123,15 +127,88 @@ def test_resnet_export_is_refused_with_reason():
         export.fold(build_model(config, nnx.Rngs(0)), config)
 
 
-def test_zero_padding_binary_conv_is_refused():
-    config = fully_binary_config("mnistnet", "mnist", pad_value="zero")
-    with pytest.raises(export.ExportError, match="zero padding"):
-        export.fold(build_model(config, nnx.Rngs(0)), config)
+@pytest.mark.parametrize("seed", range(30))
+def test_zero_padding_correction_equals_the_zero_padded_conv(seed):
+    """Property: +1 border bits, XNOR-popcount, minus the border-class table == the integer conv of the
+    zero-padded +-1 input, for random geometries (kernels 1-5, strides 1-3, any padding up to k - 1)."""
+    rng = np.random.default_rng(seed)
+    k, stride = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+    pad, c_in, c_out = int(rng.integers(0, k)), int(rng.integers(1, 4)), int(rng.integers(1, 6))
+    h, w = int(rng.integers(k, 12)), int(rng.integers(k, 12))
+    x_bits = rng.integers(0, 2, (2, h, w, c_in)).astype(np.uint8)
+    w_bits = rng.integers(0, 2, (c_out, c_in * k * k)).astype(np.uint8)
+    stage = export.BinaryConvStage(
+        in_shape=(h, w, c_in), kernel_size=k, stride=stride, pad=pad, pad_bit="zero", weight_bits=w_bits,
+        threshold=np.zeros(c_out, np.int64), flip=np.zeros(c_out, bool),
+        border=export.border_correction(w_bits, (h, w), k, stride, pad) if pad else None,
+    )  # fmt: skip
+    _, d = stage.reference(x_bits)
+    kernel = (2.0 * w_bits - 1).reshape(c_out, c_in, k, k).transpose(2, 3, 1, 0)  # HWIO
+    expected = jax.lax.conv_general_dilated(
+        jnp.asarray(2.0 * x_bits - 1), jnp.asarray(kernel), (stride, stride), ((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest",
+    )  # fmt: skip
+    np.testing.assert_array_equal(d, np.asarray(expected).astype(np.int64))
+    packed = stage.packed()(jnp.asarray(x_bits))
+    np.testing.assert_array_equal(np.asarray(packed), stage.sums_to_output(d))
+
+
+def test_fixed_point_affine_is_within_one_unit_of_the_hardtanh_for_every_sum():
+    rng = np.random.default_rng(0)
+    k = 300
+    d = np.arange(-k, k + 1)[:, None]
+    scales = np.concatenate([rng.normal(0, 1, 40) * 10.0 ** rng.uniform(-5, 1, 40), [0.0, 1e-9, -3e3]])
+    biases = np.concatenate([rng.normal(0, 3, 40), [0.5, -1e12, 1e12]])
+    for frac_bits in (8, 14, 16):
+        fx = export.fixed_point_affine(scales, biases, k, frac_bits)
+        assert np.all(np.abs(fx.multiplier) < 2**30) and np.all(np.abs(fx.offset) < 2**62) and np.all(fx.shift >= 1)
+        q = fx.apply(d)
+        exact = np.clip(scales * d + biases, -1, 1) * 2.0**frac_bits
+        assert np.max(np.abs(q - exact)) <= 1.0, frac_bits
+        assert q.dtype == np.int32 and q.min() >= -(2**frac_bits) and q.max() <= 2**frac_bits
+        with jax.enable_x64(True):
+            np.testing.assert_array_equal(np.asarray(jax.jit(lambda v, f=fx: f.apply(v, jnp))(jnp.asarray(d))), q)
+
+
+PAPER_CONFIGS = ["mnistnet_mnist", "vgg_small_cifar10", "alexnet_cifar10", "irnet_vgg_small_1w1a_cifar10"]
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_paper_configs_fold_with_zero_padding_and_a_fixed_point_classifier_input(name):
+    """The paper's setting (float first and last layers, zero padding): the classifier's input is the
+    model's hardtanh value to within one fixed-point unit, and the predictions are the model's."""
+    import importlib
+
+    import ml_collections
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config.fusion_barriers = "off"
+    if config.model == "vgg_small":
+        config.model_kwargs = ml_collections.ConfigDict({"widths": (16, 16, 32, 32, 32, 32)})
+    model = randomize(build_model(config, nnx.Rngs(1)), 1)
+    folded = export.fold(model, config)
+    kinds = [s.kind for s in folded.stages]
+    assert kinds[0] == "float_conv" and kinds[-1] == "float_dense" and set(kinds[1:-1]) == {"binary_conv"}
+    assert all(s.border is not None for s in folded.stages[1:-1]) and folded.stages[-2].fixed is not None
+    h, w, c = (28, 28, 1) if config.dataset == "mnist" else (32, 32, 3)
+    images = np.random.default_rng(2).integers(0, 256, (32, h, w, c), np.uint8)
+    logits, trace = export.run_numpy(folded, images, trace=True)
+    with record_layer_calls() as calls:
+        model_logits = np.asarray(model(jnp.asarray(export.first_layer_input(images, folded))))
+    q = trace[-1]["input"].reshape(len(images), -1)
+    unit = 2.0 ** -folded.stages[-1].input_frac_bits
+    assert np.max(np.abs(q * unit - np.asarray(calls[-1].matmul_input))) <= 1.01 * unit
+    np.testing.assert_array_equal(np.argmax(logits, -1), np.argmax(model_logits, -1))
+    np.testing.assert_allclose(logits, model_logits, atol=1e-3)
+    engine = export.make_jax_engine(folded)
+    engine_logits = np.asarray(engine(jnp.asarray(export.first_layer_input(images, folded))))
+    np.testing.assert_allclose(engine_logits, logits, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    config = fully_binary_config("mnistnet", "mnist")
+    """A fully binary, zero-padded MNIST net with random norms (flips, ties), exported with 2 images."""
+    config = fully_binary_config("mnistnet", "mnist", pad_value="zero")
     model = randomize(build_model(config, nnx.Rngs(7)), 7)
     folded = export.fold(model, config)
     images = np.random.default_rng(5).integers(0, 256, (2, 28, 28, 1), np.uint8)
@@ -171,45 +248,66 @@ def test_golden_files_have_exact_digits_and_round_trip(exported):
                 np.testing.assert_array_equal(outb.ravel(), rec["output"][n].ravel())
 
 
-def run_iverilog(out, layer, image=0, corrupt=False, tmp=None):
-    entry = json.loads((out / "manifest.json").read_text())["layers"][layer]
+def run_iverilog(out, layer, image=0, corrupt=None, tmp=None):
+    """Build and run hw/xnor_layer_tb.v on one exported layer: pre-pool bits, border correction and
+    pooled bits; ``corrupt``: the golden file (``"prepool"`` or ``"out"``) whose first bit is flipped."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["layers"][layer]
     g = out / "golden" / f"img{image}"
-    expected = g / f"L{layer}_prepool.memb"
+    files = {"prepool": g / f"L{layer}_prepool.memb", "out": g / f"L{layer}_out.memb"}
     if corrupt:
-        lines = read_lines(expected)
+        lines = read_lines(files[corrupt])
         lines[0] = ("1" if lines[0][0] == "0" else "0") + lines[0][1:]
-        expected = tmp / "corrupt.memb"
-        expected.write_text("\n".join(lines) + "\n")
-    npos = len(read_lines(g / f"L{layer}_patches.memb"))
-    binary = (tmp or out) / "tb.vvp"
+        files[corrupt] = tmp / "corrupt.memb"
+        files[corrupt].write_text("\n".join(lines) + "\n")
+    ho, wo = entry["conv_output_hw"]
+    params = {"K": entry["fan_in"], "COUT": entry["out_channels"], "NPOS": ho * wo, "HO": ho, "WO": wo}
+    params.update(POOL={"none": 0, "sums": 1, "bits": 2}[entry["pool"]], CEIL=int(entry["pool_ceil_mode"]))
     defs = {
         "WEIGHTS": out / entry["weights_memb"],
         "THRESH": out / entry["thresholds_memb"],
         "FLIPS": out / entry["flips_memb"],
         "PATCHES": g / f"L{layer}_patches.memb",
-        "EXPECTED": expected,
+        "EXPECTED": files["prepool"],
+        "POOLED": files["out"],
     }
-    cmd = [
-        "iverilog",
-        "-g2012",
-        "-o",
-        str(binary),
-        f"-Pxnor_layer_tb.K={entry['fan_in']}",
-        f"-Pxnor_layer_tb.COUT={entry['out_channels']}",
-        f"-Pxnor_layer_tb.NPOS={npos}",
-    ]
+    border = entry.get("border_correction")
+    if border:
+        defs.update(BORDER=out / border["table_memb"], POSCLASS=out / border["position_class_memb"])
+        params["NCLASS"] = len(read_lines(out / border["table"]))
+    binary = (tmp or out) / "tb.vvp"
+    cmd = ["iverilog", "-g2012", "-o", str(binary)] + [f"-Pxnor_layer_tb.{k}={v}" for k, v in params.items()]
     cmd += [f'-D{k}="{v}"' for k, v in defs.items()] + [str(REPO / "hw" / "xnor_layer_tb.v")]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return subprocess.run(["vvp", "-n", str(binary)], capture_output=True, text=True, timeout=300).stdout
 
 
+@pytest.fixture(scope="module")
+def exported_alexnet(tmp_path_factory):
+    """A fully binary zero-padded AlexNet (11x11/4 first layer, ceil-mode pools of bits) with random norms."""
+    config = fully_binary_config("alexnet", "cifar10", pad_value="zero")
+    folded = export.fold(randomize(build_model(config, nnx.Rngs(3)), 3), config)
+    images = np.random.default_rng(6).integers(0, 256, (1, 32, 32, 3), np.uint8)
+    out = tmp_path_factory.mktemp("export_alexnet")
+    export.write_export(folded, str(out), images, np.array([0]), {"test": True})
+    return out
+
+
 @pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog not installed (apt-get install iverilog)")
-def test_rtl_testbench_passes_and_catches_corruption(exported, tmp_path):
-    _, out, _, _ = exported
-    ok = run_iverilog(out, layer=1, tmp=tmp_path)
+@pytest.mark.parametrize("net,layer", [("mnistnet", 1), ("mnistnet", 2), ("alexnet", 0), ("alexnet", 1)])
+def test_rtl_testbench_passes_at_the_border_and_after_pooling_and_catches_corruption(
+    net, layer, exported, exported_alexnet, tmp_path
+):
+    """Zero padding (border classes), pooling of sums with flipped channels (MNIST net, an odd map whose
+    last row is dropped) and ceil-mode pooling of bits (AlexNet), pre-pool and pooled bits."""
+    out = exported[1] if net == "mnistnet" else exported_alexnet
+    entry = json.loads((out / "manifest.json").read_text())["layers"][layer]
+    assert entry["border_correction"] and entry["pool"] == ("sums" if net == "mnistnet" else "bits")
+    ok = run_iverilog(out, layer, tmp=tmp_path)
     assert "PASS" in ok and "FAIL" not in ok, ok
-    bad = run_iverilog(out, layer=1, corrupt=True, tmp=tmp_path)
-    assert "FAIL 1" in bad, bad
+    for golden in ("prepool", "out"):
+        bad = run_iverilog(out, layer, corrupt=golden, tmp=tmp_path)
+        assert "FAIL 1" in bad, (golden, bad)
 
 
 def test_export_command_on_a_trained_fully_binary_mnist_net(tfds_dir, tmp_path):

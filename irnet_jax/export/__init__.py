@@ -2,6 +2,8 @@
 engine, golden vectors for RTL (``python -m irnet_jax.export``).
 
     folding   model -> ``FoldedModel`` (integer thresholds, weight bits; the math is in its docstring)
+    border    zero padding on an XNOR datapath: +1 border bits and a per-border-class correction
+    fixed_point  a float classifier's input (hardtanh of the folded norm) as int64 multiply-shift-clamp
     stages    one class per stage kind: NumPy reference, packed JAX form, manifest entry, golden files
     bits      bit-level operations (padding, patches, pooling, XNOR-popcount, packing, text lines)
     engine    running a folded model (NumPy reference, packed JAX engine) and the float model
@@ -14,6 +16,7 @@ engine, golden vectors for RTL (``python -m irnet_jax.export``).
 the index (bit ``i`` of word ``i // 32`` is index ``i``).
 """
 
+from irnet_jax.export.border import BorderCorrection, border_correction
 from irnet_jax.export.engine import (
     benchmark_engine,
     engine_predictions,
@@ -23,6 +26,7 @@ from irnet_jax.export.engine import (
     run_numpy,
 )
 from irnet_jax.export.files import write_export
+from irnet_jax.export.fixed_point import FixedPointAffine, fixed_point_affine
 from irnet_jax.export.folding import EXPORTABLE, ExportError, fold, fold_threshold
 from irnet_jax.export.pipeline import export_checkpoint
 from irnet_jax.export.stages import (
@@ -38,15 +42,19 @@ __all__ = [
     "EXPORTABLE",
     "BinaryConvStage",
     "BinaryDenseStage",
+    "BorderCorrection",
+    "FixedPointAffine",
     "ExportError",
     "FloatConvStage",
     "FloatDenseStage",
     "FoldedModel",
     "Stage",
     "benchmark_engine",
+    "border_correction",
     "engine_predictions",
     "export_checkpoint",
     "first_layer_input",
+    "fixed_point_affine",
     "fold",
     "fold_threshold",
     "make_jax_engine",

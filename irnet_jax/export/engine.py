@@ -34,7 +34,8 @@ def run_numpy(folded: FoldedModel, images_u8: np.ndarray, trace: bool = False) -
     """The folded model on ``[N, H, W, C] uint8`` images: ``(logits [N, classes] float32, per-stage trace)``.
 
     The trace holds, per stage: ``input`` (bits, or float pixels for a float first layer), ``sums``
-    (integer D before pooling/threshold, binary stages only) and ``output`` (bits; logits last)."""
+    (integer D before pooling/threshold, binary stages only) and ``output`` (bits, or the fixed-point
+    ``q`` before a float classifier; logits last)."""
     x = first_layer_input(images_u8, folded)
     records = []
     for stage in folded.stages:
@@ -50,7 +51,8 @@ def run_numpy(folded: FoldedModel, images_u8: np.ndarray, trace: bool = False) -
 
 def make_jax_engine(folded: FoldedModel) -> Callable[[jax.Array], jax.Array]:
     """A jitted ``engine(first_layer_input) -> logits`` running XNOR + ``lax.population_count`` on
-    packed uint32 words (a float first layer as a float32 conv)."""
+    packed uint32 words (a float first layer as a float32 conv). It runs with 64-bit integers enabled
+    (a fixed-point stage multiplies in int64); every other array has an explicit 32-bit type."""
     runs = [stage.packed() for stage in folded.stages]
 
     def engine(x):
@@ -58,7 +60,13 @@ def make_jax_engine(folded: FoldedModel) -> Callable[[jax.Array], jax.Array]:
             x = run(x)
         return x
 
-    return jax.jit(engine)
+    jitted = jax.jit(engine)
+
+    def run_x64(x):
+        with jax.enable_x64(True):
+            return jitted(x)
+
+    return run_x64
 
 
 def float_forward(model: nnx.Module, config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:

@@ -14,10 +14,12 @@ keeps the sign; ``sign(0) = +1``). With ``M_o = A_o * s_o`` (the power-of-two sc
     bit_o = [B_o >= 0]   where M_o = 0 (stored as T = -(K+1), always; or T = K+1, never)
 
 Max-pooling before the norm pools the integer sums (``max D``) and then thresholds; pooling after the
-norm (AlexNet) is a bitwise OR of +1 bits. Padding is constant bits (zero padding, which is not binary,
-is refused for binary layers: use ``pad_value`` one/minus_one/checkerboard). A full-precision first
-layer (the paper's setting) stays a float32 convolution + threshold, and a full-precision last layer a
-float32 matrix product. Models describe their stages themselves (``models.ConvStage``).
+norm (AlexNet) is a bitwise OR of +1 bits. Padding is constant bits, a checkerboard, or zeros: a
+zero-padded binary conv runs with +1 border bits and subtracts a per-channel correction per border
+class (``border``). A full-precision first layer (the paper's setting) stays a float32 convolution +
+threshold. A full-precision last layer is a float32 matrix product on what the model gives it, the
+last block's ``hardtanh(z)``, computed from ``D`` in fixed point (``fixed_point``). Models describe
+their stages themselves (``models.ConvStage``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from flax import nnx
 
 from irnet_jax import binarization as bz
 from irnet_jax.errors import UserError
+from irnet_jax.export.border import border_correction
+from irnet_jax.export.fixed_point import DEFAULT_FRAC_BITS, fixed_point_affine
 from irnet_jax.export.stages import (
     BinaryConvStage,
     BinaryDenseStage,
@@ -89,8 +93,11 @@ def binary_weight_bits(layer, ede: bz.EstimatorParams) -> tuple[np.ndarray, np.n
     return (wq > 0).astype(np.uint8), s  # Qw = s * (2 bits - 1), also for a negative learned scale
 
 
-def fold_conv(spec: ConvStage, in_shape: tuple[int, int, int], first: bool) -> Stage:
-    """One conv stage (conv, pool, norm, sign) of a model as a binary or float conv stage."""
+def fold_conv(
+    spec: ConvStage, in_shape: tuple[int, int, int], first: bool, fixed_output: bool, frac_bits: int
+) -> Stage:
+    """One conv stage (conv, pool, norm, sign) of a model as a binary or float conv stage;
+    ``fixed_output``: a float layer follows, so the stage outputs ``hardtanh(norm)`` in fixed point."""
     conv = spec.conv
     if isinstance(conv, ShiftBinaryConv):
         raise ExportError("shift convs (two thresholds per input) are not exportable yet")
@@ -104,21 +111,26 @@ def fold_conv(spec: ConvStage, in_shape: tuple[int, int, int], first: bool) -> S
         ceil_pool=spec.ceil_mode,
     )
     if conv.is_binary:
-        if conv.pad_value == "zero" and conv.padding > 0:
-            raise ExportError(
-                "a binary conv with zero padding sees 0s, not bits: train with pad_value "
-                "'one', 'minus_one' or 'checkerboard' to export"
-            )
         bits, scale = binary_weight_bits(conv, bz.EstimatorParams.constant())
+        border = None
+        if conv.pad_value == "zero" and conv.padding > 0:
+            border = border_correction(bits, in_shape[:2], conv.kernel_size, conv.strides, conv.padding)
+        if fixed_output:
+            fixed = fixed_point_affine(a * scale, b, bits.shape[1], frac_bits)
+            return BinaryConvStage(**geometry, pad_bit=conv.pad_value, weight_bits=bits, border=border, fixed=fixed)
         threshold, flip = fold_threshold(a * scale, b, bits.shape[1])
-        return BinaryConvStage(**geometry, pad_bit=conv.pad_value, weight_bits=bits, threshold=threshold, flip=flip)
-    if first and not conv.binarize_weights and not conv.binarize_activations:
+        return BinaryConvStage(
+            **geometry, pad_bit=conv.pad_value, weight_bits=bits, threshold=threshold, flip=flip, border=border
+        )
+    if first and not conv.binarize_weights and not conv.binarize_activations and not fixed_output:
         weights = np.asarray(conv.kernel[...], np.float32)
         return FloatConvStage(**geometry, pad_bit="zero", weights=weights, affine=(a, b))
-    raise ExportError("only the first conv may be full precision, and no conv may be 1w32a, to export")
+    raise ExportError(
+        "only the first conv may be full precision (and not the only conv), and no conv may be 1w32a, to export"
+    )
 
 
-def fold_classifier(fc, in_features: int) -> Stage:
+def fold_classifier(fc, in_features: int, input_frac_bits: int | None) -> Stage:
     """The last layer: binary (integer sums times a float32 scale) or full precision."""
     bias = np.asarray(fc.bias[...], np.float32)
     if fc.is_binary:
@@ -129,22 +141,13 @@ def fold_classifier(fc, in_features: int) -> Stage:
         return BinaryDenseStage(in_shape=(in_features,), weight_bits=bits, logit_scale=logit_scale, bias=bias)
     if not fc.binarize_weights and not fc.binarize_activations:
         weights = np.asarray(fc.kernel[...], np.float32)
-        return FloatDenseStage(in_shape=(in_features,), weights=weights, bias=bias)
+        return FloatDenseStage(in_shape=(in_features,), weights=weights, bias=bias, input_frac_bits=input_frac_bits)
     raise ExportError("the last layer must be fully binary or full precision to export")
 
 
-def _output_shape(stage: Stage, out_channels: int) -> tuple[int, int, int]:
-    """The ``(H, W, C)`` a conv stage produces (after its pool)."""
-    h, w, _ = stage.in_shape
-    k, s, p = stage.kernel_size, stage.stride, stage.pad
-    h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    if stage.pool != "none":
-        h, w = (-(-h // 2), -(-w // 2)) if stage.ceil_pool else (h // 2, w // 2)
-    return h, w, out_channels
-
-
-def fold(model: nnx.Module, config: ml_collections.ConfigDict) -> FoldedModel:
-    """Fold a trained model (float32, eval mode) into integer thresholds and weight bits."""
+def fold(model: nnx.Module, config: ml_collections.ConfigDict, frac_bits: int = DEFAULT_FRAC_BITS) -> FoldedModel:
+    """Fold a trained model (float32, eval mode) into integer thresholds and weight bits; a float
+    classifier's input (the last block's hardtanh) as fixed point with ``frac_bits`` fractional bits."""
     if not hasattr(model, "export_stages"):
         raise ExportError(
             f"export supports {list(EXPORTABLE)}; {config.model!r} adds real-valued shortcuts before "
@@ -153,10 +156,12 @@ def fold(model: nnx.Module, config: ml_collections.ConfigDict) -> FoldedModel:
     conv_specs, fc = model.export_stages()
     shape = model_input_shape(config)
     stages: list[Stage] = []
-    for spec in conv_specs:
-        stages.append(fold_conv(spec, shape, first=not stages))
-        shape = _output_shape(stages[-1], spec.conv.out_features)
-    stages.append(fold_classifier(fc, int(np.prod(shape))))
+    float_classifier = not fc.binarize_activations
+    for i, spec in enumerate(conv_specs):
+        fixed = float_classifier and i == len(conv_specs) - 1
+        stages.append(fold_conv(spec, shape, not stages, fixed, frac_bits))
+        shape = (*stages[-1].output_hw(), spec.conv.out_features)
+    stages.append(fold_classifier(fc, int(np.prod(shape)), frac_bits if float_classifier else None))
     return FoldedModel(
         stages, config.input_encoding, config.encoding_levels, config.dataset, config.model, config.normalization
     )
