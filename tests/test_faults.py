@@ -129,8 +129,10 @@ def test_export_and_bench_mistakes_are_one_line(tmp_path, finished_run):
     assert (tmp_path / "full" / "old.txt").read_text() == "keep me"
     r = run_command(["-m", "irnet_jax.export", f"--checkpoint={tmp_path / 'nope'}", f"--out={tmp_path / 'e'}"], REPO)
     assert_one_line_error(r, "has no config.json", prog)
-    r = run_command(["-m", "irnet_jax.export", f"--checkpoint={workdir}", f"--out={tmp_path / 'e'}"], REPO)
-    assert_one_line_error(r, "zero padding sees 0s", prog)  # a zero-padded model: not exportable yet
+    r = run_command([*export, f"--out={tmp_path / 'e'}", "--formats=onnx,tflite"], REPO)
+    assert_one_line_error(r, "formats='onnx,tflite' is not allowed: choose from ['onnx', 'qonnx']", prog)
+    r = run_command([*export, f"--out={tmp_path / 'e'}", "--frac_bits=30"], REPO)
+    assert_one_line_error(r, "frac_bits=30 is not allowed: must be in [1, 23]", prog)
     assert not (tmp_path / "e").exists()
     r = run_command(["-m", "irnet_jax.bench", "--config=configs/smoke.py", "--binary=maybe"], REPO)
     assert_one_line_error(r, "--binary takes true/false values, got 'maybe'", "python -m irnet_jax.bench")

@@ -1,6 +1,7 @@
-"""Export a trained run as an integer-only XNOR-popcount-threshold pipeline with golden vectors.
+"""Export a trained run as an integer-only XNOR-popcount-threshold pipeline with golden vectors, a
+plain ONNX graph and a QONNX graph for FINN.
 
-python -m irnet_jax.export --checkpoint runs/fully_binary_mnist --out export/ --num_images 4
+python -m irnet_jax.export --checkpoint runs/smoke --out export/ --num_images 4
 """
 
 import json
@@ -16,7 +17,9 @@ flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint of the 
 flags.DEFINE_integer("num_images", 4, "Test images with golden vectors (0..MAX_GOLDEN_IMAGES).")
 flags.DEFINE_integer("verify", 1000, "Test images on which engine == model is checked (>= 1).")
 flags.DEFINE_string("data_dir", "", "TFDS data dir (default: the run's, else $TFDS_DATA_DIR).")
-flags.DEFINE_integer("bench_batch", 0, "If > 0: also time the packed engine against the float model at this batch.")
+flags.DEFINE_integer("bench_batch", 0, "If > 0: also time the engine, the float model and each graph at this batch.")
+flags.DEFINE_string("formats", "onnx,qonnx", "Graphs to write and verify: onnx, qonnx (comma-separated; '' for none).")
+flags.DEFINE_integer("frac_bits", 16, "Fractional bits of the fixed-point values a float classifier takes (1..23).")
 flags.mark_flags_as_required(["checkpoint", "out"])
 
 
@@ -24,7 +27,15 @@ def main(argv):
     from irnet_jax.export import export_checkpoint
 
     manifest = export_checkpoint(
-        FLAGS.checkpoint, FLAGS.out, FLAGS.which, FLAGS.num_images, FLAGS.verify, FLAGS.data_dir, FLAGS.bench_batch
+        FLAGS.checkpoint,
+        FLAGS.out,
+        FLAGS.which,
+        FLAGS.num_images,
+        FLAGS.verify,
+        FLAGS.data_dir,
+        FLAGS.bench_batch,
+        FLAGS.formats,
+        FLAGS.frac_bits,
     )
     print(json.dumps({"out": FLAGS.out, **manifest["verification"], **manifest["size_bytes"]}))
 

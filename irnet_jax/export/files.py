@@ -1,11 +1,13 @@
 """The export folder: ``manifest.json``, weight and threshold files, and golden vectors.
 
-manifest.json            formats, bit order, folding rule, one entry per stage, sizes
+manifest.json            "format" (versioned: every layout, bit order and rounding rule), one entry per
+                         stage, the verification figures, sizes
 weights/L<i>.memb|.memh  binary weights, one line per output channel ($readmemb / $readmemh)
 weights/L<i>_float.npz   a full-precision first/last layer
-thresholds/L<i>*.        integer thresholds and flips of binary convs
-golden/img<n>/L<i>_*     per image and stage: input bits, integer sums, output bits or logits,
-                         and for binary convs the im2col patches and pre-pool bits (RTL)
+thresholds/L<i>*.        integer thresholds and flips of binary convs, zero-padding border tables
+golden/img<n>/L<i>_*     per image and stage: input bits, integer sums, output bits, fixed-point values
+                         or logits, and for binary convs the im2col patches and pre-pool bits (RTL)
+model.onnx               plain ONNX, model.qonnx.onnx QONNX for FINN (``onnx_graph``; the pipeline writes them)
 """
 
 from __future__ import annotations
@@ -18,22 +20,22 @@ from typing import Any
 import numpy as np
 
 from irnet_jax import data as data_lib
+from irnet_jax import encoding
 from irnet_jax.export import bits as bit_ops
 from irnet_jax.export.engine import run_numpy
 from irnet_jax.export.stages import FoldedModel, Lines, pixel_rows, write_lines
 
-FORMAT = "irnet_jax binary export v1"
+FORMAT_NAME = "irnet_jax binary export"
+FORMAT_VERSION = 2
 
 
 def golden_files(folded: FoldedModel, trace: list[dict], n: int) -> dict[str, Lines]:
-    """``{file name: lines}`` of image ``n`` of a ``run_numpy`` trace: per stage ``L<i>_in`` (bits:
-    one line per pixel (h, w), channel 0 first, or one line for a vector), ``L<i>_sum.txt`` (integer
-    sums, same layout), the stage's outputs and extras."""
+    """``{file name: lines}`` of image ``n`` of a ``run_numpy`` trace (layouts: ``format_section``)."""
     files: dict[str, Lines] = {}
     for i, (stage, record) in enumerate(zip(folded.stages, trace, strict=True)):
         image_input = record["input"][n]
         if image_input.dtype == np.uint8:
-            rows = pixel_rows(image_input)
+            rows = pixel_rows(image_input) if len(stage.in_shape) == 3 else image_input.reshape(1, -1)
             files[f"L{i}_in.txt"] = [" ".join(bit_ops.bits_line(r)) for r in rows]
             files[f"L{i}_in.memb"] = [bit_ops.bits_line(r) for r in rows]
         if "sums" in record:
@@ -43,12 +45,83 @@ def golden_files(folded: FoldedModel, trace: list[dict], n: int) -> dict[str, Li
     return files
 
 
+def format_section(folded: FoldedModel) -> dict[str, Any]:
+    """Every format, bit order, layout and rounding rule the export folder relies on."""
+    levels = folded.encoding_levels
+    thresholds = encoding.thermometer_thresholds(levels).tolist() if folded.input_encoding == "thermometer" else None
+    return {
+        "name": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "bits": "bit 1 = +1, bit 0 = -1; sign(0) = +1 (a value >= 0 is bit 1)",
+        "index_order": {
+            "conv_weights_and_patches": "(c, kh, kw): channel-major, then kernel row, then kernel column (FINN: (kh, kw, c))",
+            "feature_maps": "(h, w, c)",
+            "dense_input": "the feature map flattened in (h, w, c) order: index (h * W + w) * C + c",
+        },
+        "text_files": {
+            ".memb": "one vector per line, exactly its length in '0'/'1' digits, index 0 first (leftmost); "
+            "$readmemb puts index 0 at the MSB of a [K-1:0] register",
+            ".memh": "the same vector left-padded with '0' bits to a multiple of 4, as hex digits, index 0 side first",
+            ".txt": "space-separated decimal integers, or bits grouped per pixel",
+            "thresholds/L<i>_thr.memb": "one line per output channel: T as a 32-bit two's complement binary number",
+            "thresholds/L<i>_flip.memb": "one line per output channel: 1 = flip (bit = D <= T), 0 = bit = D >= T",
+            "thresholds/L<i>.txt": "one line per output channel: '<T> <flip>' (decimal)",
+            "thresholds/L<i>_border.txt": "one line per border class (row_class * num_col_classes + col_class): "
+            "C for channels 0..C_out-1 (decimal)",
+            "thresholds/L<i>_border.memb": "the same table, one 32-bit two's complement C per line, class-major",
+            "thresholds/L<i>_posclass.memb": "one line per conv output position in (h, w) order: its border class, 16 bits",
+            "packed_words": "uint32; bit i of word i // 32 is index i (the JAX/NumPy engines only)",
+        },
+        "padding": {
+            "zero": "the datapath pads with +1 bits and subtracts the border table (layer 'border_correction')",
+            "one": "+1 bits",
+            "minus_one": "-1 bits",
+            "checkerboard": "bit 1 where (row + col) of the padded map is even (row 0, col 0 = the top-left "
+            "border pixel), the same for every channel",
+        },
+        "pooling": "2x2 windows, stride 2, max; 'sums' pools the integer sums D (or the fixed-point q) before the "
+        "threshold, 'bits' pools after it (the OR of bit 1s; the max of q); pool_ceil_mode true: an odd last "
+        "row/column forms a partial window holding the values it has; false: it is dropped",
+        "input_encoding": {
+            "name": folded.input_encoding,
+            "levels": levels,
+            "thermometer": "plane c * levels + j is bit 1 iff pixel[c] >= T_j (uint8 compare)",
+            "thermometer_thresholds": thresholds,
+            "bitplanes": "plane c * levels + j is bit 7 - j of pixel[c]",
+        },
+        "fixed_point": "q: int32 with F fractional bits (value q / 2^F), from D by "
+        "clamp(floor((M*D + C + 2^(S-1)) / 2^S), -2^F, 2^F) in int64 (floor = arithmetic right shift: "
+        "rounding half up)",
+        "float_order": {
+            "binary_dense": "logits = float32(D) * logit_scale, rounded to float32, then + bias (no fused multiply-add)",
+            "float_dense": "v = float32(q) * 2^-F (exact); logits = v @ W in float32 (any summation order), then + bias",
+            "float_conv": "y = conv(x, W) in float32 (summation order unspecified); bit = (A*y + B >= 0), A, B float32",
+        },
+        "argmax": "the predicted class is the lowest index among equal largest logits",
+        "golden": {
+            "L<i>_in.txt/.memb": "a conv stage's input bits: one line per pixel (h, w), channels 0..C-1; a dense "
+            "stage's: one line, the K-vector in dense_input order",
+            "L<i>_sum.txt": "the integer sums D before pooling (after the border correction): one line per conv "
+            "output position (h, w), channels 0..C_out-1; one line for a dense stage",
+            "L<i>_out.txt/.memb": "bits after pooling: one line per output pixel (h, w), channels 0..C_out-1",
+            "L<i>_out.txt (fixed-point stage)": "q after pooling: one line per output pixel, decimal, channels in order",
+            "L<i>_patches.memb": "one line per conv output position (h, w): the K patch bits as the datapath sees "
+            "them (border bits included), (c, kh, kw) order",
+            "L<i>_prepool.memb": "one line per conv output position (h, w): the C_out bits before pooling",
+            "L<last>_logits.txt": "the classifier's float32 logits, one line, class 0 first, '%.9g'",
+        },
+    }
+
+
 def _sizes(folded: FoldedModel) -> dict[str, int]:
     stages = folded.stages
+    binary = [s for s in stages if hasattr(s, "weight_bits")]
     return {
-        "packed_binary_weights": sum(math.ceil(s.weight_bits.size / 8) for s in stages if hasattr(s, "weight_bits")),
+        "packed_binary_weights": sum(math.ceil(s.weight_bits.size / 8) for s in binary),
         "float_weights": sum(4 * s.weights.size for s in stages if hasattr(s, "weights")),
-        "thresholds_int32": sum(4 * s.threshold.size for s in stages if hasattr(s, "threshold")),
+        "thresholds_int32": sum(4 * s.threshold.size for s in binary if getattr(s, "threshold", None) is not None),
+        "border_tables_int32": sum(4 * s.border.table.size for s in binary if getattr(s, "border", None) is not None),
+        "fixed_point_int64": sum(24 * s.fixed.multiplier.size for s in binary if getattr(s, "fixed", None) is not None),
     }
 
 
@@ -60,7 +133,7 @@ def _normalization(folded: FoldedModel) -> dict[str, Any]:
 
 def _manifest(folded: FoldedModel, source: dict, labels: np.ndarray, layers: list[dict]) -> dict[str, Any]:
     return {
-        "format": FORMAT,
+        "format": format_section(folded),
         "source": source,
         "model": folded.model,
         "dataset": folded.dataset,
@@ -68,27 +141,13 @@ def _manifest(folded: FoldedModel, source: dict, labels: np.ndarray, layers: lis
             "encoding": folded.input_encoding,
             "levels": folded.encoding_levels,
             "image": "uint8 [H, W, C]",
-            "planes_order": "channel c, level j -> plane c * levels + j",
             "normalization": _normalization(folded),
+            "onnx_input": "[N, C, H, W] float32: the normalized pixels (float first layer) or the +1/-1 planes",
         },
-        "bit_convention": "bit 1 = +1, bit 0 = -1 (the original's text style)",
-        "index_order": {
-            "conv_weights_and_patches": "(c, kh, kw), channel-major (FINN uses (kh, kw, c))",
-            "feature_maps": "(h, w, c)",
-            "dense_input": "feature map flattened in (h, w, c) order",
-        },
-        "text_files": "MSB first: the first digit is index 0; .memb one line per output channel, exactly K digits",
-        "memh": "the K-bit vector left-padded with zeros to a multiple of 4 bits, MSB (index 0 side) first",
-        "packed_words": "uint32; bit i of word i // 32 is index i (the JAX/NumPy engines)",
         "folding": "z = A*y + B (BatchNorm: A = gamma/sqrt(var+eps), B = beta - mean*A; offset: A = 1); "
         "y = s*D; M = A*s; bit = D >= ceil(-B/M) (M > 0), D <= floor(-B/M) (M < 0, flip), "
-        "constant (M = 0); max-pool before the norm pools D, after it ORs bits",
-        "golden": {
-            "images": len(labels),
-            "labels": [int(label) for label in labels],
-            "files": "golden/img<n>/L<i>_{in,sum,out}.txt (text) and .memb; L<i>_patches.memb, "
-            "L<i>_prepool.memb (per output position before pooling, for RTL)",
-        },
+        "constant (M = 0); before a float classifier: q = fixed-point hardtanh(M*D + B)",
+        "golden": {"images": len(labels), "labels": [int(label) for label in labels], "folder": "golden/img<n>/"},
         "layers": layers,
         "size_bytes": _sizes(folded),
     }

@@ -9,7 +9,7 @@ hardtanh of the folded BatchNorm, not bits. The export computes that value from 
 with per-channel integers ``M_o = round(A_o s_o 2**(F + S_o))`` (``|M_o| < 2**31``), ``C_o =
 round(B_o 2**(F + S_o))`` and shift ``S_o >= 1``: a multiply, an add and an arithmetic right shift
 that rounds half up, then a clamp (the hardtanh). ``S_o`` is the largest shift keeping ``|M_o|``
-below ``2**30`` (and ``|C_o|`` below ``2**62``), so ``q`` is within one unit (``2**-F``) of
+below ``2**30`` (and ``|C_o|`` below ``2**60``, ``S_o <= 48``), so ``q`` is within one unit (``2**-F``) of
 ``2**F * hardtanh(A s D + B)`` (half a unit from rounding, the rest from ``M``'s and ``C``'s).
 """
 
@@ -21,7 +21,8 @@ import numpy as np
 
 DEFAULT_FRAC_BITS = 16
 MULTIPLIER_BITS = 30  # |M| < 2**30
-OFFSET_LIMIT_BITS = 62  # |C| < 2**62
+OFFSET_LIMIT_BITS = 60  # |C| < 2**60
+MAX_SHIFT = 48  # S in [1, 48]: M D + C + 2**(S-1) (and an ONNX graph's positive offset) stay below 2**62
 
 
 @dataclasses.dataclass
@@ -69,7 +70,7 @@ def fixed_point_affine(
     with np.errstate(divide="ignore"):
         s_m = np.floor(MULTIPLIER_BITS - np.log2(np.where(target > 0, target, 1.0)) - 1e-9)
         s_c = np.floor(OFFSET_LIMIT_BITS - frac_bits - np.log2(np.maximum(np.abs(bias), 1.0)) - 1)
-    shift = np.clip(np.minimum(s_m, s_c), 1, 62).astype(np.int64)
+    shift = np.clip(np.minimum(s_m, s_c), 1, MAX_SHIFT).astype(np.int64)
     multiplier = np.round(scale * 2.0 ** (frac_bits + shift)).astype(np.int64)
     offset = np.round(bias * 2.0 ** (frac_bits + shift)).astype(np.int64)
     return FixedPointAffine(multiplier, offset, shift, frac_bits)

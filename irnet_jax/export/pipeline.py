@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
@@ -10,16 +11,46 @@ import numpy as np
 from irnet_jax import checkpointing as ckpt
 from irnet_jax import data as data_lib
 from irnet_jax.errors import ConfigError
-from irnet_jax.export.engine import benchmark_engine, engine_predictions, model_predictions
+from irnet_jax.export.engine import (
+    benchmark_engine,
+    engine_predictions,
+    first_layer_input,
+    model_predictions,
+    run_numpy,
+)
 from irnet_jax.export.files import write_export
-from irnet_jax.export.folding import fold
+from irnet_jax.export.fixed_point import DEFAULT_FRAC_BITS
+from irnet_jax.export.folding import ExportError, fold
+from irnet_jax.export.stages import FoldedModel
+from irnet_jax.timing import median_seconds
 from irnet_jax.train_state import load_model
 
 # Golden vectors are written per image and layer (text files): a few images make a test bench.
 MAX_GOLDEN_IMAGES = 1000
+GRAPH_FORMATS = ("onnx", "qonnx")
+GRAPH_FILES = {"onnx": "model.onnx", "qonnx": "model.qonnx.onnx"}
+PACKAGES = {"onnx": ("onnx", "onnxruntime"), "qonnx": ("onnx", "onnxruntime", "qonnx")}
+FRAC_BITS_RANGE = (1, 23)  # q = +-2**F must stay exact in float32 (the ONNX graphs' tensors)
 
 
-def check_arguments(out: str, num_images: int, verify: int, bench_batch: int) -> None:
+def parse_formats(formats: str) -> tuple[str, ...]:
+    """``"onnx,qonnx"`` -> the graph formats to write (``""``: none); ``ConfigError`` for another name
+    or ``ExportError`` for a missing package (naming the extra that installs it)."""
+    names = tuple(f.strip() for f in formats.split(",") if f.strip())
+    bad = [f for f in names if f not in GRAPH_FORMATS]
+    if bad:
+        raise ConfigError(f"formats={formats!r} is not allowed: choose from {list(GRAPH_FORMATS)}, comma-separated")
+    for name in names:
+        for package in PACKAGES[name]:
+            if importlib.util.find_spec(package) is None:
+                raise ExportError(
+                    f"format {name!r} needs the package {package!r}: pip install 'irnet_jax[export]' "
+                    f"(or --formats='' for the integer engine only)"
+                )
+    return names
+
+
+def check_arguments(out: str, num_images: int, verify: int, bench_batch: int, frac_bits: int) -> None:
     """``ConfigError`` for an impossible count or an ``out`` that is a file or a non-empty folder."""
     if not 0 <= num_images <= MAX_GOLDEN_IMAGES:
         raise ConfigError(f"num_images={num_images} is not allowed: must be in [0, {MAX_GOLDEN_IMAGES}]")
@@ -27,6 +58,9 @@ def check_arguments(out: str, num_images: int, verify: int, bench_batch: int) ->
         raise ConfigError(f"verify={verify} is not allowed: must be >= 1 (test images checked)")
     if bench_batch < 0:
         raise ConfigError(f"bench_batch={bench_batch} is not allowed: must be >= 0 (0: no timing)")
+    lo, hi = FRAC_BITS_RANGE
+    if not lo <= frac_bits <= hi:
+        raise ConfigError(f"frac_bits={frac_bits} is not allowed: must be in [{lo}, {hi}]")
     if not out:
         raise ConfigError("out is empty: name a new folder for the export")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
@@ -39,6 +73,49 @@ def checkpoint_bytes(workdir: str, step: int) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
 
 
+def verify_graphs(
+    folded: FoldedModel,
+    graphs: dict[str, Any],
+    images_u8: np.ndarray,
+    labels: np.ndarray,
+    engine: np.ndarray,
+    golden: int,
+) -> dict[str, Any]:
+    """Each graph's predictions against the engine's on ``images_u8``, and its stage tensors against
+    the NumPy reference on the first ``golden`` images (those with golden vectors)."""
+    from irnet_jax.export import onnx_graph  # the export extra (parse_formats checked it)
+
+    x = onnx_graph.graph_input(first_layer_input(images_u8, folded))
+    result: dict[str, Any] = {}
+    for name, model in graphs.items():
+        qonnx = name == "qonnx"
+        predictions = onnx_graph.graph_predictions(model, qonnx, x)
+        result[f"{name}_equals_engine"] = float(np.mean(predictions == engine))
+        result[f"{name}_test_accuracy"] = float(np.mean(predictions == labels))
+        if golden:
+            _, trace = run_numpy(folded, images_u8[:golden], trace=True)
+            checked = onnx_graph.build_graph(folded, qonnx, intermediates=not qonnx)
+            tensors = onnx_graph.run_graph(checked, qonnx, x[:golden], intermediates=True)
+            result[f"{name}_tensors_differing_from_golden"] = onnx_graph.mismatched_tensors(tensors, folded, trace)
+    return result
+
+
+def graph_throughput(folded: FoldedModel, graphs: dict[str, Any], images_u8: np.ndarray, repeats: int = 3) -> dict:
+    """Median images/s of each graph's runtime on one batch (onnxruntime; qonnx's node-by-node executor)."""
+    from irnet_jax.export import onnx_graph
+
+    x = onnx_graph.graph_input(first_layer_input(images_u8, folded))
+    rates = {}
+    for name, model in graphs.items():
+        if name == "qonnx":
+            fn = lambda m=model: onnx_graph.run_qonnx(m, x)
+        else:
+            session = onnx_graph.ort_session(model)
+            fn = lambda s=session: s.run(["logits"], {"input": x})
+        rates[f"{name}_images_per_second"] = len(x) / median_seconds(fn, repeats)
+    return rates
+
+
 def export_checkpoint(
     checkpoint: str,
     out: str,
@@ -47,34 +124,58 @@ def export_checkpoint(
     verify: int = 1000,
     data_dir: str = "",
     bench_batch: int = 0,
+    formats: str = "onnx,qonnx",
+    frac_bits: int = DEFAULT_FRAC_BITS,
 ) -> dict[str, Any]:
-    """Fold the ``which`` checkpoint of the run in ``checkpoint``, check the packed engine's predictions
-    against the float model's on the first ``verify`` test images, and write the export folder to
-    ``out`` with golden vectors of the first ``num_images`` test images; returns the manifest."""
-    check_arguments(out, num_images, verify, bench_batch)
+    """Fold the ``which`` checkpoint of the run in ``checkpoint``, check the packed engine's (and each
+    graph's) predictions against the float model's on the first ``verify`` test images, and write the
+    export folder to ``out`` with golden vectors of the first ``num_images`` test images and the
+    ONNX/QONNX graphs of ``formats``; returns the manifest."""
+    check_arguments(out, num_images, verify, bench_batch, frac_bits)
+    graph_formats = parse_formats(formats)
     model, config, step = load_model(checkpoint, which)
-    folded = fold(model, config)
+    folded = fold(model, config, frac_bits)
     test = data_lib.load_tfds_split(config.dataset, "test", data_dir or config.data_dir)
     n = min(verify, len(test.labels))
-    engine = engine_predictions(folded, test.images[:n])
-    reference = model_predictions(model, config, test.images[:n])
-    extra: dict[str, Any] = {
-        "verification": {
-            "images": n,
-            "engine_equals_model": float(np.mean(engine == reference)),
-            "engine_test_accuracy": float(np.mean(engine == test.labels[:n])),
-            "model_test_accuracy": float(np.mean(reference == test.labels[:n])),
-        }
+    images, labels = test.images[:n], test.labels[:n]
+    engine = engine_predictions(folded, images)
+    reference = model_predictions(model, config, images)
+    verification = {
+        "images": n,
+        "engine_equals_model": float(np.mean(engine == reference)),
+        "engine_test_accuracy": float(np.mean(engine == labels)),
+        "model_test_accuracy": float(np.mean(reference == labels)),
     }
+    graphs = build_graphs(folded, graph_formats)
+    verification.update(verify_graphs(folded, graphs, images, labels, engine, min(num_images, n)))
+    extra: dict[str, Any] = {"verification": verification}
     if bench_batch > 0:
         extra["throughput"] = benchmark_engine(folded, model, config, test.images[:bench_batch])
+        extra["throughput"].update(graph_throughput(folded, graphs, test.images[:bench_batch]))
     source = {"checkpoint": os.path.abspath(checkpoint), "step": step, "which": which}
-    return write_export(
-        folded,
-        out,
-        test.images[:num_images],
-        test.labels[:num_images],
-        source,
-        extra,
-        {"float_checkpoint_step_dir": checkpoint_bytes(checkpoint, step)},
-    )
+    sizes = {"float_checkpoint_step_dir": checkpoint_bytes(checkpoint, step)}
+    extra["graphs"], graph_sizes = save_graphs(graphs, out)
+    sizes.update(graph_sizes)
+    return write_export(folded, out, test.images[:num_images], test.labels[:num_images], source, extra, sizes)
+
+
+def build_graphs(folded: FoldedModel, formats: tuple[str, ...]) -> dict[str, Any]:
+    """``{format: onnx.ModelProto}`` of the graph formats asked for."""
+    if not formats:
+        return {}
+    from irnet_jax.export import onnx_graph
+
+    return {name: onnx_graph.build_graph(folded, qonnx=name == "qonnx") for name in formats}
+
+
+def save_graphs(graphs: dict[str, Any], out: str) -> tuple[dict[str, str], dict[str, int]]:
+    """Save the graphs into ``out``: ``({format: file name}, {file name: bytes})``."""
+    os.makedirs(out, exist_ok=True)
+    names, sizes = {}, {}
+    for name, model in graphs.items():
+        import onnx
+
+        path = os.path.join(out, GRAPH_FILES[name])
+        onnx.save(model, path)
+        names[name], sizes[GRAPH_FILES[name]] = GRAPH_FILES[name], os.path.getsize(path)
+    return names, sizes

@@ -1,0 +1,317 @@
+"""A folded model as an ONNX graph: plain ONNX (standard operators, float32 tensors holding exact
++-1 and integer values) or QONNX for FINN (``BipolarQuant`` on the +-1 weights, ``MultiThreshold``
+for the folded norm + sign).
+
+Both graphs take ``input`` ``[N, C, H, W]`` float32, the first layer's input as the engine has it
+(normalized pixels for a float first layer; +-1 planes for a binary one), and give ``logits [N,
+classes]``. Per stage ``i`` they name ``L<i>_sum`` (a binary conv's integer sums ``D`` before the
+pool, as float32), ``L<i>_out`` (+-1 bits, or the fixed-point value ``q * 2**-F``; the logits last).
+
+* binary conv: ``Conv`` of the +-1 input with the +-1 weights (``[C_out, C_in, k, k]`` = the weight
+  bits in ``(c, kh, kw)`` order). ONNX pads a conv with zeros, so a zero-padded conv needs no
+  correction here; +1/-1/checkerboard borders are a ``Pad``/``Add`` before it. Every sum is an integer
+  below 2**24: exact in float32 whatever the order of accumulation.
+* threshold: ``Mul`` by ``g = -1`` where the channel flips (else +1), then ``g D >= g T`` (plain:
+  ``GreaterOrEqual`` and ``Where``; QONNX: ``MultiThreshold`` with ``out_scale 2``, ``out_bias -1``).
+* fixed point: ``Cast`` to int64, ``Mul`` M, ``Add`` (C + 2**(S-1) + P 2**S), ``Div`` 2**S (on a
+  non-negative value: the floor), ``Sub`` P, ``Max``/``Min`` (the clamp), ``Cast`` to float32, ``Mul``
+  2**-F. ``P`` (per channel) only keeps the dividend non-negative.
+* float layers as ``Conv``/``MatMul`` in float32; a dense layer's input is flattened in ``(h, w, c)``
+  order (``Transpose`` to NHWC first), as the model does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from irnet_jax.export import bits as bit_ops
+from irnet_jax.export.stages import (
+    BinaryConvStage,
+    BinaryDenseStage,
+    FloatConvStage,
+    FloatDenseStage,
+    FoldedModel,
+    Stage,
+)
+
+OPSET = 13
+IR_VERSION = 8
+QONNX_DOMAIN = "qonnx.custom_op.general"
+
+
+@dataclasses.dataclass
+class GraphBuilder:
+    """Nodes and initializers of one graph; ``qonnx`` selects the QONNX forms."""
+
+    qonnx: bool
+    nodes: list = dataclasses.field(default_factory=list)
+    initializers: list = dataclasses.field(default_factory=list)
+    count: int = 0
+
+    def const(self, value: np.ndarray, name: str = "c") -> str:
+        self.count += 1
+        full = f"{name}_{self.count}"
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), full))
+        return full
+
+    def op(self, op_type: str, inputs: list[str], out: str | None = None, domain: str = "", **attrs: Any) -> str:
+        self.count += 1
+        out = out or f"{op_type.lower()}_{self.count}"
+        self.nodes.append(
+            helper.make_node(op_type, inputs, [out], name=f"n{self.count}_{op_type}", domain=domain, **attrs)
+        )
+        return out
+
+
+def per_channel(v: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """``[C]`` -> ``[1, C, 1, 1]`` (broadcast over an NCHW tensor)."""
+    return np.asarray(v, dtype).reshape(1, -1, 1, 1)
+
+
+def bipolar_weights(g: GraphBuilder, signs: np.ndarray, name: str) -> str:
+    """+-1 weights: an initializer (plain) or an initializer through ``BipolarQuant`` (QONNX)."""
+    w = g.const(signs.astype(np.float32), name)
+    return g.op("BipolarQuant", [w, g.const(np.float32(1.0), "one")], domain=QONNX_DOMAIN) if g.qonnx else w
+
+
+def pool(g: GraphBuilder, x: str, ceil: bool) -> str:
+    return g.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=int(ceil))
+
+
+def sign_threshold(g: GraphBuilder, d: str, threshold: np.ndarray, flip: np.ndarray) -> str:
+    """``+1 if (D <= T if flip else D >= T) else -1`` per channel of ``D`` (NCHW)."""
+    sgn = np.where(flip, -1.0, 1.0)
+    gd = g.op("Mul", [d, g.const(per_channel(sgn), "flip_sign")])
+    t = sgn * threshold.astype(np.float64)
+    if g.qonnx:
+        thr = g.const(t.astype(np.float32).reshape(-1, 1), "thresholds")
+        return g.op(
+            "MultiThreshold",
+            [gd, thr],
+            domain=QONNX_DOMAIN,
+            out_dtype="BIPOLAR",
+            out_scale=2.0,
+            out_bias=-1.0,
+            data_layout="NCHW",
+        )
+    cond = g.op("GreaterOrEqual", [gd, g.const(per_channel(t), "thresholds")])
+    return g.op("Where", [cond, g.const(np.float32(1.0), "plus"), g.const(np.float32(-1.0), "minus")])
+
+
+def fixed_point(g: GraphBuilder, d: str, stage: BinaryConvStage) -> str:
+    """``q`` (module docstring) as float32 ``q`` (exact: ``|q| <= 2**F``), NCHW."""
+    fx = stage.fixed
+    bound = np.abs(fx.multiplier) * stage.fan_in + np.abs(fx.offset) + (1 << fx.shift)
+    positive = bound // (1 << fx.shift) + 1  # P: P * 2**S > |M D + C + 2**(S-1)|
+    add = fx.offset + (1 << (fx.shift - 1)) + positive * (1 << fx.shift)
+    x = g.op("Cast", [d], to=TensorProto.INT64)
+    x = g.op("Mul", [x, g.const(per_channel(fx.multiplier, np.int64), "multiplier")])
+    x = g.op("Add", [x, g.const(per_channel(add, np.int64), "offset")])
+    x = g.op("Div", [x, g.const(per_channel(1 << fx.shift, np.int64), "shift")])
+    x = g.op("Sub", [x, g.const(per_channel(positive, np.int64), "positive")])
+    x = g.op("Max", [x, g.const(np.int64(-fx.one), "lo")])
+    x = g.op("Min", [x, g.const(np.int64(fx.one), "hi")])
+    return g.op("Cast", [x], to=TensorProto.FLOAT)
+
+
+def pad_border(g: GraphBuilder, x: str, stage: BinaryConvStage) -> tuple[str, int]:
+    """The +1/-1/checkerboard border as graph nodes: ``(padded input, the conv's own zero pads)``."""
+    p = stage.pad
+    if p == 0 or stage.pad_bit == "zero":
+        return x, p
+    pads = g.const(np.array([0, 0, p, p, 0, 0, p, p], np.int64), "pads")
+    if stage.pad_bit in ("one", "minus_one"):
+        value = g.const(np.float32(1.0 if stage.pad_bit == "one" else -1.0), "pad_value")
+        return g.op("Pad", [x, pads, value], mode="constant"), 0
+    h, w = stage.in_shape[:2]
+    frame = 2.0 * bit_ops.pad_bits(np.zeros((1, h, w, 1), np.uint8), p, "checkerboard")[0, :, :, 0] - 1.0
+    frame[p:-p, p:-p] = 0.0
+    zero = g.const(np.float32(0.0), "pad_value")
+    padded = g.op("Pad", [x, pads, zero], mode="constant")
+    return g.op("Add", [padded, g.const(frame[None, None].astype(np.float32), "checkerboard")]), 0
+
+
+def conv(g: GraphBuilder, x: str, weights: str, stage, pads: int, out: str | None = None) -> str:
+    k, s = stage.kernel_size, stage.stride
+    return g.op("Conv", [x, weights], out, kernel_shape=[k, k], strides=[s, s], pads=[pads] * 4)
+
+
+def binary_conv(g: GraphBuilder, x: str, stage: BinaryConvStage, i: int) -> str:
+    c_out = stage.weight_bits.shape[0]
+    signs = (2.0 * stage.weight_bits - 1.0).reshape(c_out, -1, stage.kernel_size, stage.kernel_size)
+    x, pads = pad_border(g, x, stage)
+    d = conv(g, x, bipolar_weights(g, signs, f"L{i}_weights"), stage, pads, out=f"L{i}_sum")
+    if stage.pool == "sums":
+        d = pool(g, d, stage.ceil_pool)
+    y = sign_threshold(g, d, stage.threshold, stage.flip) if stage.fixed is None else fixed_point(g, d, stage)
+    if stage.pool == "bits":
+        y = pool(g, y, stage.ceil_pool)
+    if stage.fixed is not None:
+        y = g.op("Mul", [y, g.const(np.float32(2.0**-stage.fixed.frac_bits), "unit")])
+    return y
+
+
+def float_conv(g: GraphBuilder, x: str, stage: FloatConvStage, i: int) -> str:
+    weights = g.const(np.ascontiguousarray(stage.weights.transpose(3, 2, 0, 1)), f"L{i}_weights")  # OIHW
+    y = conv(g, x, weights, stage, stage.pad)
+    if stage.pool == "sums":
+        y = pool(g, y, stage.ceil_pool)
+    a, b = stage.affine
+    z = g.op("Add", [g.op("Mul", [y, g.const(per_channel(a), "A")]), g.const(per_channel(b), "B")])
+    if g.qonnx:
+        out = g.op("BipolarQuant", [z, g.const(np.float32(1.0), "one")], domain=QONNX_DOMAIN)
+    else:
+        cond = g.op("GreaterOrEqual", [z, g.const(np.float32(0.0), "zero")])
+        out = g.op("Where", [cond, g.const(np.float32(1.0), "plus"), g.const(np.float32(-1.0), "minus")])
+    return pool(g, out, stage.ceil_pool) if stage.pool == "bits" else out
+
+
+def flatten_hwc(g: GraphBuilder, x: str) -> str:
+    """NCHW -> ``[N, H * W * C]`` in ``(h, w, c)`` order (a vector stays as it is)."""
+    return g.op("Flatten", [g.op("Transpose", [x], perm=[0, 2, 3, 1])], axis=1)
+
+
+def binary_dense(g: GraphBuilder, x: str, stage: BinaryDenseStage, i: int) -> str:
+    weights = bipolar_weights(g, (2.0 * stage.weight_bits - 1.0).T, f"L{i}_weights")  # [K, C]
+    d = g.op("MatMul", [flatten_hwc(g, x), weights], out=f"L{i}_sum")
+    y = g.op("Mul", [d, g.const(stage.logit_scale.astype(np.float32), "logit_scale")])
+    return g.op("Add", [y, g.const(stage.bias.astype(np.float32), "bias")])
+
+
+def float_dense(g: GraphBuilder, x: str, stage: FloatDenseStage, i: int) -> str:
+    y = g.op("MatMul", [flatten_hwc(g, x), g.const(stage.weights.astype(np.float32), f"L{i}_weights")])
+    return g.op("Add", [y, g.const(stage.bias.astype(np.float32), "bias")])
+
+
+WRITERS = {
+    BinaryConvStage: binary_conv,
+    FloatConvStage: float_conv,
+    BinaryDenseStage: binary_dense,
+    FloatDenseStage: float_dense,
+}
+
+
+def stage_tensors(stage: Stage, i: int) -> dict[str, list]:
+    """The named tensors of stage ``i`` and their shapes (``N``: the batch): its sums (binary stages,
+    before the pool) and its output."""
+    if isinstance(stage, BinaryDenseStage | FloatDenseStage):
+        classes = [stage.bias.shape[0]]
+        return ({f"L{i}_sum": ["N", *classes]} if isinstance(stage, BinaryDenseStage) else {}) | {
+            f"L{i}_out": ["N", *classes]
+        }
+    c = stage.weights.shape[-1] if isinstance(stage, FloatConvStage) else stage.weight_bits.shape[0]
+    out = {f"L{i}_out": ["N", c, *stage.output_hw()]}
+    return ({f"L{i}_sum": ["N", c, *stage.conv_output_hw()]} if isinstance(stage, BinaryConvStage) else {}) | out
+
+
+def build_graph(folded: FoldedModel, qonnx: bool = False, intermediates: bool = False) -> onnx.ModelProto:
+    """The ONNX (``qonnx=False``, any batch size ``N``) or QONNX model of ``folded`` (batch 1, as
+    FINN takes it; ``run_qonnx`` changes it); ``intermediates`` adds every stage's sums and output as
+    graph outputs (for checking them against the golden vectors)."""
+    batch = 1 if qonnx else "N"
+    g = GraphBuilder(qonnx)
+    h, w, c = folded.stages[0].in_shape
+    x = "input"
+    for i, stage in enumerate(folded.stages):
+        y = WRITERS[type(stage)](g, x, stage, i)
+        x = g.op("Identity", [y], out=f"L{i}_out")
+    g.op("Identity", [x], out="logits")
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, folded.stages[-1].bias.shape[0]])]
+    if intermediates:
+        for i, stage in enumerate(folded.stages):
+            shapes = stage_tensors(stage, i)
+            outputs += [
+                helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, *shape[1:]]) for n, shape in shapes.items()
+            ]
+    graph = helper.make_graph(
+        g.nodes,
+        f"irnet_jax_{folded.model}_{'qonnx' if qonnx else 'onnx'}",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, c, h, w])],
+        outputs,
+        initializer=g.initializers,
+    )
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(QONNX_DOMAIN, 1)] if qonnx else [])
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="irnet_jax")
+    model.ir_version = IR_VERSION
+    if not qonnx:
+        onnx.checker.check_model(model)
+    return model
+
+
+def graph_input(first_layer_input: np.ndarray) -> np.ndarray:
+    """The engine's first-layer input ``[N, H, W, C]`` (bits or float pixels) as the graphs' ``input``."""
+    x = first_layer_input
+    if x.dtype == np.uint8:
+        x = 2.0 * x.astype(np.float32) - 1.0
+    return np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2))
+
+
+def ort_session(model: onnx.ModelProto):
+    """An onnxruntime CPU inference session of a plain ONNX model."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Run a plain ONNX model with onnxruntime on ``input`` ``x``; ``{name: array}`` of ``names``
+    (default: the logits)."""
+    names = names or ["logits"]
+    return dict(zip(names, ort_session(model).run(names, {"input": x})))
+
+
+def run_qonnx(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Run a QONNX model with ``qonnx.core.onnx_exec.execute_onnx`` (its custom ops in Python, the
+    standard ones node by node in onnxruntime); every tensor of the graph by name."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.change_batchsize import ChangeBatchSize
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    wrapped = ModelWrapper(model).transform(ChangeBatchSize(len(x))).transform(InferShapes())
+    return execute_onnx(wrapped, {"input": x}, return_full_exec_context=True)
+
+
+def run_graph(model: onnx.ModelProto, qonnx: bool, x: np.ndarray, intermediates: bool = False) -> dict[str, np.ndarray]:
+    """``{name: array}``: the logits (and with ``intermediates`` every stage's named tensors) of a graph
+    built by ``build_graph(..., qonnx, intermediates)`` on ``input`` ``x``."""
+    if qonnx:
+        return run_qonnx(model, x)
+    names = [o.name for o in model.graph.output] if intermediates else ["logits"]
+    return run_onnxruntime(model, x, names)
+
+
+def graph_predictions(model: onnx.ModelProto, qonnx: bool, x: np.ndarray, batch: int = 500) -> np.ndarray:
+    """Argmax of the graph's logits on ``input`` ``x``, ``batch`` images at a time."""
+    if qonnx:
+        run = lambda xb: run_qonnx(model, xb)["logits"]
+    else:
+        session = ort_session(model)
+        run = lambda xb: session.run(["logits"], {"input": xb})[0]
+    return np.concatenate([np.argmax(run(x[i : i + batch]), -1) for i in range(0, len(x), batch)])
+
+
+def mismatched_tensors(tensors: dict[str, np.ndarray], folded: FoldedModel, trace: list[dict]) -> list[str]:
+    """The stage tensors of a graph run (``run_graph``) that differ from a ``run_numpy`` trace of the same
+    images: sums exactly, bits as ``> 0``, fixed-point values as ``q * 2**-F``; the float logits are
+    not compared (their summation order is free)."""
+    bad = []
+    for i, (stage, record) in enumerate(zip(folded.stages[:-1], trace)):
+        d, out = tensors.get(f"L{i}_sum"), tensors[f"L{i}_out"]
+        if d is not None and not np.array_equal(d.transpose(0, 2, 3, 1), record["sums"]):
+            bad.append(f"L{i}_sum")
+        expected = record["output"]
+        if expected.dtype == np.uint8:
+            same = set(np.unique(out)) <= {-1.0, 1.0} and np.array_equal(out.transpose(0, 2, 3, 1) > 0, expected == 1)
+        else:
+            same = np.array_equal(out.transpose(0, 2, 3, 1), expected * np.float32(2.0**-stage.fixed.frac_bits))
+        if not same:
+            bad.append(f"L{i}_out")
+    return bad
