@@ -205,6 +205,92 @@ def test_paper_configs_fold_with_zero_padding_and_a_fixed_point_classifier_input
     np.testing.assert_allclose(engine_logits, logits, rtol=1e-5, atol=1e-5)
 
 
+GRAPH_CASES = [
+    ("mnistnet_mnist", {}),  # the paper's setting: float first/last layers, zero padding, fixed point
+    ("alexnet_cifar10", {}),  # the same, 11x11/4 first conv and ceil-mode pools of bits
+    ("fully_binary_mnistnet_mnist", {"pad_value": "zero"}),
+    ("fully_binary_mnistnet_mnist", {"pad_value": "one", "input_encoding": "bitplanes"}),
+    ("fully_binary_mnistnet_mnist", {"pad_value": "minus_one", "norm": "offset"}),
+    ("fully_binary_vgg_small_cifar10", {}),  # checkerboard padding
+]
+
+
+def graph_case(index: int, seed: int = 0):
+    """A randomized model of ``GRAPH_CASES[index]`` (small VGG widths), folded, and 8 random images."""
+    import importlib
+
+    import ml_collections
+
+    name, kw = GRAPH_CASES[index]
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config.fusion_barriers = "off"
+    for k, v in kw.items():
+        setattr(config, k, v)
+    if config.model == "vgg_small":
+        config.model_kwargs = ml_collections.ConfigDict({"widths": (16, 16, 32, 32, 32, 32)})
+    model = build_model(config, nnx.Rngs(seed))
+    if config.norm == "offset":
+        for _, m in nnx.iter_modules(model):
+            if type(m).__name__ == "Offset":
+                m.bias[...] = jnp.asarray(np.random.default_rng(seed).normal(0, 20, m.bias[...].shape), jnp.float32)
+        model.eval()
+    else:
+        randomize(model, seed)
+    folded = export.fold(model, config)
+    h, w, c = (28, 28, 1) if config.dataset == "mnist" else (32, 32, 3)
+    return folded, np.random.default_rng(10 + seed).integers(0, 256, (8, h, w, c), np.uint8)
+
+
+@pytest.mark.parametrize("qonnx", [False, True], ids=["onnx", "qonnx"])
+@pytest.mark.parametrize("case", range(len(GRAPH_CASES)))
+def test_onnx_and_qonnx_graphs_equal_the_engine_tensor_by_tensor(case, qonnx):
+    """onnxruntime (plain ONNX) and qonnx's executor (QONNX): every stage's sums and outputs equal the
+    NumPy reference's, the logits its logits up to float32 summation order."""
+    from irnet_jax.export import onnx_graph
+
+    folded, images = graph_case(case)
+    logits, trace = export.run_numpy(folded, images, trace=True)
+    x = onnx_graph.graph_input(export.first_layer_input(images, folded))
+    model = onnx_graph.build_graph(folded, qonnx=qonnx, intermediates=not qonnx)
+    tensors = onnx_graph.run_graph(model, qonnx, x, intermediates=True)
+    assert onnx_graph.mismatched_tensors(tensors, folded, trace) == []
+    np.testing.assert_allclose(tensors["logits"], logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(onnx_graph.graph_predictions(model, qonnx, x, batch=3), np.argmax(logits, -1))
+    ops, custom = {n.op_type for n in model.graph.node}, {"BipolarQuant", "MultiThreshold"}
+    assert custom <= ops if qonnx else not custom & ops
+
+
+def test_a_corrupted_graph_is_caught_by_the_tensor_check():
+    from onnx import numpy_helper
+
+    from irnet_jax.export import onnx_graph
+
+    folded, images = graph_case(0)
+    _, trace = export.run_numpy(folded, images, trace=True)
+    model = onnx_graph.build_graph(folded, intermediates=True)
+    w = next(t for t in model.graph.initializer if t.name.startswith("L1_weights"))
+    flipped = numpy_helper.to_array(w).copy()
+    flipped[0, 0, 0, 0] *= -1
+    w.CopyFrom(numpy_helper.from_array(flipped, w.name))
+    x = onnx_graph.graph_input(export.first_layer_input(images, folded))
+    assert "L1_sum" in onnx_graph.mismatched_tensors(onnx_graph.run_graph(model, False, x, True), folded, trace)
+
+
+@pytest.mark.parametrize("case", [0, 2, 5])
+def test_finn_frontend_steps_run_and_keep_the_predictions(case):
+    """qonnx's cleanup, shape/datatype inference, weight folding, conv lowering and the XNOR-popcount
+    conversion all run on the QONNX graph, and after each the predictions are the engine's."""
+    from irnet_jax.export import finn_frontend, onnx_graph
+
+    folded, images = graph_case(case)
+    logits, _ = export.run_numpy(folded, images[:4])
+    x = onnx_graph.graph_input(export.first_layer_input(images[:4], folded))
+    report = finn_frontend.frontend_report(onnx_graph.build_graph(folded, qonnx=True), x, np.argmax(logits, -1))
+    assert [r["step"] for r in report] == [name for name, _ in finn_frontend.steps()]
+    assert all(r["ran"] and r["predictions_equal_engine"] == 1.0 for r in report), report
+    assert "XnorPopcountMatMul" in report[-1]["node_types"] and "Conv" not in report[-1]["node_types"]
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A fully binary, zero-padded MNIST net with random norms (flips, ties), exported with 2 images."""

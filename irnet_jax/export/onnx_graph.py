@@ -1,6 +1,7 @@
 """A folded model as an ONNX graph: plain ONNX (standard operators, float32 tensors holding exact
 +-1 and integer values) or QONNX for FINN (``BipolarQuant`` on the +-1 weights, ``MultiThreshold``
-for the folded norm + sign).
+with a BIPOLAR output for every sign: the folded norm's threshold, and ``A y + B >= 0`` after a float
+first layer).
 
 Both graphs take ``input`` ``[N, C, H, W]`` float32, the first layer's input as the engine has it
 (normalized pixels for a float first layer; +-1 planes for a binary one), and give ``logits [N,
@@ -8,9 +9,11 @@ classes]``. Per stage ``i`` they name ``L<i>_sum`` (a binary conv's integer sums
 pool, as float32), ``L<i>_out`` (+-1 bits, or the fixed-point value ``q * 2**-F``; the logits last).
 
 * binary conv: ``Conv`` of the +-1 input with the +-1 weights (``[C_out, C_in, k, k]`` = the weight
-  bits in ``(c, kh, kw)`` order). ONNX pads a conv with zeros, so a zero-padded conv needs no
-  correction here; +1/-1/checkerboard borders are a ``Pad``/``Add`` before it. Every sum is an integer
-  below 2**24: exact in float32 whatever the order of accumulation.
+  bits in ``(c, kh, kw)`` order). Plain ONNX pads a conv with zeros itself, so a zero-padded conv needs
+  no correction there; QONNX pads with +1 bits and subtracts the border table (``Sub`` of a constant
+  ``[1, C_out, H', W']``), since FINN takes no 0 in a BIPOLAR tensor; +1/-1/checkerboard borders are a
+  ``Pad``/``Add`` before the conv. Every sum is an integer below 2**24: exact in float32 whatever the
+  order of accumulation.
 * threshold: ``Mul`` by ``g = -1`` where the channel flips (else +1), then ``g D >= g T`` (plain:
   ``GreaterOrEqual`` and ``Where``; QONNX: ``MultiThreshold`` with ``out_scale 2``, ``out_bias -1``).
 * fixed point: ``Cast`` to int64, ``Mul`` M, ``Add`` (C + 2**(S-1) + P 2**S), ``Div`` 2**S (on a
@@ -83,10 +86,11 @@ def pool(g: GraphBuilder, x: str, ceil: bool) -> str:
     return g.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=int(ceil))
 
 
-def sign_threshold(g: GraphBuilder, d: str, threshold: np.ndarray, flip: np.ndarray) -> str:
-    """``+1 if (D <= T if flip else D >= T) else -1`` per channel of ``D`` (NCHW)."""
+def sign_threshold(g: GraphBuilder, d: str, threshold: np.ndarray, flip: np.ndarray, flip_mul: bool = True) -> str:
+    """``+1 if (D <= T if flip else D >= T) else -1`` per channel of ``D`` (NCHW); ``flip_mul=False``:
+    no channel flips and no ``Mul`` by the signs."""
     sgn = np.where(flip, -1.0, 1.0)
-    gd = g.op("Mul", [d, g.const(per_channel(sgn), "flip_sign")])
+    gd = g.op("Mul", [d, g.const(per_channel(sgn), "flip_sign")]) if flip_mul else d
     t = sgn * threshold.astype(np.float64)
     if g.qonnx:
         thr = g.const(t.astype(np.float32).reshape(-1, 1), "thresholds")
@@ -120,13 +124,15 @@ def fixed_point(g: GraphBuilder, d: str, stage: BinaryConvStage) -> str:
 
 
 def pad_border(g: GraphBuilder, x: str, stage: BinaryConvStage) -> tuple[str, int]:
-    """The +1/-1/checkerboard border as graph nodes: ``(padded input, the conv's own zero pads)``."""
+    """The border as graph nodes: ``(padded input, the conv's own zero pads)``. Plain ONNX lets the conv
+    pad zeros itself; QONNX pads every binary conv with bits (FINN's Im2Col takes no 0 in a BIPOLAR
+    tensor), zero padding with +1 bits, whose sums ``border_sums`` corrects."""
     p = stage.pad
-    if p == 0 or stage.pad_bit == "zero":
+    if p == 0 or (stage.pad_bit == "zero" and not g.qonnx):
         return x, p
     pads = g.const(np.array([0, 0, p, p, 0, 0, p, p], np.int64), "pads")
-    if stage.pad_bit in ("one", "minus_one"):
-        value = g.const(np.float32(1.0 if stage.pad_bit == "one" else -1.0), "pad_value")
+    if stage.datapath_pad_bit in ("one", "minus_one"):
+        value = g.const(np.float32(1.0 if stage.datapath_pad_bit == "one" else -1.0), "pad_value")
         return g.op("Pad", [x, pads, value], mode="constant"), 0
     h, w = stage.in_shape[:2]
     frame = 2.0 * bit_ops.pad_bits(np.zeros((1, h, w, 1), np.uint8), p, "checkerboard")[0, :, :, 0] - 1.0
@@ -138,14 +144,21 @@ def pad_border(g: GraphBuilder, x: str, stage: BinaryConvStage) -> tuple[str, in
 
 def conv(g: GraphBuilder, x: str, weights: str, stage, pads: int, out: str | None = None) -> str:
     k, s = stage.kernel_size, stage.stride
-    return g.op("Conv", [x, weights], out, kernel_shape=[k, k], strides=[s, s], pads=[pads] * 4)
+    return g.op(
+        "Conv", [x, weights], out, kernel_shape=[k, k], strides=[s, s], pads=[pads] * 4, group=1, dilations=[1, 1]
+    )
 
 
 def binary_conv(g: GraphBuilder, x: str, stage: BinaryConvStage, i: int) -> str:
     c_out = stage.weight_bits.shape[0]
     signs = (2.0 * stage.weight_bits - 1.0).reshape(c_out, -1, stage.kernel_size, stage.kernel_size)
     x, pads = pad_border(g, x, stage)
-    d = conv(g, x, bipolar_weights(g, signs, f"L{i}_weights"), stage, pads, out=f"L{i}_sum")
+    weights = bipolar_weights(g, signs, f"L{i}_weights")
+    if stage.border is not None and pads == 0:  # +1 border bits: D = D_datapath - C[border class]
+        correction = g.const(stage.border.per_position().transpose(2, 0, 1)[None].astype(np.float32), "border")
+        d = g.op("Sub", [conv(g, x, weights, stage, 0), correction], out=f"L{i}_sum")
+    else:
+        d = conv(g, x, weights, stage, pads, out=f"L{i}_sum")
     if stage.pool == "sums":
         d = pool(g, d, stage.ceil_pool)
     y = sign_threshold(g, d, stage.threshold, stage.flip) if stage.fixed is None else fixed_point(g, d, stage)
@@ -163,11 +176,8 @@ def float_conv(g: GraphBuilder, x: str, stage: FloatConvStage, i: int) -> str:
         y = pool(g, y, stage.ceil_pool)
     a, b = stage.affine
     z = g.op("Add", [g.op("Mul", [y, g.const(per_channel(a), "A")]), g.const(per_channel(b), "B")])
-    if g.qonnx:
-        out = g.op("BipolarQuant", [z, g.const(np.float32(1.0), "one")], domain=QONNX_DOMAIN)
-    else:
-        cond = g.op("GreaterOrEqual", [z, g.const(np.float32(0.0), "zero")])
-        out = g.op("Where", [cond, g.const(np.float32(1.0), "plus"), g.const(np.float32(-1.0), "minus")])
+    channels = stage.weights.shape[-1]
+    out = sign_threshold(g, z, np.zeros(channels, np.int64), np.zeros(channels, bool), flip_mul=False)
     return pool(g, out, stage.ceil_pool) if stage.pool == "bits" else out
 
 

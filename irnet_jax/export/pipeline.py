@@ -30,6 +30,7 @@ MAX_GOLDEN_IMAGES = 1000
 GRAPH_FORMATS = ("onnx", "qonnx")
 GRAPH_FILES = {"onnx": "model.onnx", "qonnx": "model.qonnx.onnx"}
 PACKAGES = {"onnx": ("onnx", "onnxruntime"), "qonnx": ("onnx", "onnxruntime", "qonnx")}
+FINN_CHECK_IMAGES = 16  # the FINN steps' graphs run image by image (batch 1)
 FRAC_BITS_RANGE = (1, 23)  # q = +-2**F must stay exact in float32 (the ONNX graphs' tensors)
 
 
@@ -100,6 +101,15 @@ def verify_graphs(
     return result
 
 
+def finn_check(folded: FoldedModel, qonnx_model: Any, images_u8: np.ndarray, engine: np.ndarray) -> dict[str, Any]:
+    """The FINN frontend steps on the QONNX graph (``finn_frontend``), checked on ``images_u8``."""
+    from irnet_jax.export import finn_frontend, onnx_graph
+
+    x = onnx_graph.graph_input(first_layer_input(images_u8, folded))
+    report = finn_frontend.frontend_report(qonnx_model, x, engine[: len(images_u8)])
+    return {"images": len(images_u8), "steps": report}
+
+
 def graph_throughput(folded: FoldedModel, graphs: dict[str, Any], images_u8: np.ndarray, repeats: int = 3) -> dict:
     """Median images/s of each graph's runtime on one batch (onnxruntime; qonnx's node-by-node executor)."""
     from irnet_jax.export import onnx_graph
@@ -149,6 +159,8 @@ def export_checkpoint(
     graphs = build_graphs(folded, graph_formats)
     verification.update(verify_graphs(folded, graphs, images, labels, engine, min(num_images, n)))
     extra: dict[str, Any] = {"verification": verification}
+    if "qonnx" in graphs:
+        extra["finn_frontend"] = finn_check(folded, graphs["qonnx"], images[:FINN_CHECK_IMAGES], engine)
     if bench_batch > 0:
         extra["throughput"] = benchmark_engine(folded, model, config, test.images[:bench_batch])
         extra["throughput"].update(graph_throughput(folded, graphs, test.images[:bench_batch]))
