@@ -170,13 +170,13 @@ class BinaryConvStage(_ConvGeometry, _BinaryWeights, Stage):
         padded = bit_ops.pad_bits(x, self.pad, self.datapath_pad_bit)
         return bit_ops.patches(padded, self.kernel_size, self.stride)
 
-    def reference(self, x):
+    def sums(self, x: np.ndarray) -> np.ndarray:
+        """NumPy: input bits ``[N, H, W, C]`` -> the (corrected) integer sums ``D [N, H', W', C_out]``."""
         d = bit_ops.xnor_popcount_sums(self.datapath_patches(x), self.weight_bits)
-        if self.border is not None:
-            d = d - self.border.per_position()
-        return self.sums_to_output(d), d
+        return d if self.border is None else d - self.border.per_position()
 
-    def packed(self):
+    def packed_sums(self) -> Callable[[jax.Array], jax.Array]:
+        """``sums`` as a traceable JAX function on packed uint32 words."""
         words = bit_ops.pack_bits_u32(jnp.asarray(self.weight_bits))
         correction = None if self.border is None else jnp.asarray(self.border.per_position())
 
@@ -184,11 +184,17 @@ class BinaryConvStage(_ConvGeometry, _BinaryWeights, Stage):
             padded = bit_ops.jax_pad_bits(x, self.pad, self.datapath_pad_bit)
             a = bit_ops.pack_bits_u32(bit_ops.jax_patches(padded, self.kernel_size, self.stride))
             d = self.fan_in - 2 * bit_ops.packed_popcount_xor(a, words)
-            if correction is not None:
-                d = d - correction
-            return self.sums_to_output(d, jnp)
+            return d if correction is None else d - correction
 
         return run
+
+    def reference(self, x):
+        d = self.sums(x)
+        return self.sums_to_output(d), d
+
+    def packed(self):
+        sums = self.packed_sums()
+        return lambda x: self.sums_to_output(sums(x), jnp)
 
     def manifest_entry(self, index, out_dir):
         entry = {**super().manifest_entry(index, out_dir), **self.weight_entry(index, out_dir)}
