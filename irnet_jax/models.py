@@ -55,6 +55,22 @@ class ConvStage:
 
 
 @dataclasses.dataclass(frozen=True)
+class ResidualStage:
+    """One binary conv of a Bi-Real ResNet block as an integer pipeline sees it:
+    ``out = hardtanh(norm(conv(sign(x))) + shortcut(x))`` with ``x`` the stage's real-valued input and
+    ``shortcut`` the identity or option A (``stride``-subsampling, ``pad_channels`` zero channels split
+    evenly on both sides). Bi-Real ResNets list theirs with ``export_residual_stages() -> (stem, stages,
+    head_norm, classifier)``: the stem a ``ConvStage`` whose hardtanh (not its sign) starts the stream,
+    the head a global average pool, ``head_norm`` (or ``None``) and the classifier."""
+
+    conv: BinaryConv
+    norm: nnx.Module
+    shortcut: str = "identity"
+    stride: int = 1
+    pad_channels: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Quantization:
     """How a model builds its conv/dense/norm layers (every field is a model option of ``create_model``).
 
@@ -368,6 +384,20 @@ class CifarResNet(nnx.Module):
         self.head_bn = q.norm_layer(c_in, rngs) if bn_before_fc else None
         self.fc = q.last_dense(c_in, num_classes, rngs=rngs)
         self.materialize = q.materialize_residuals
+
+    def export_residual_stages(self) -> tuple[ConvStage, list[ResidualStage], nnx.Module | None, BinaryDense]:
+        """The stem, one ``ResidualStage`` per binary conv, the norm before the classifier and the
+        classifier (see ``ResidualStage``); ``ValueError`` for blocks that are not Bi-Real or option-B
+        shortcuts (a float 1x1 conv in the stream)."""
+        stages = []
+        for blk in self.blocks:
+            if type(blk) is not BiRealBlock:
+                raise ValueError(f"only Bi-Real blocks export as a residual stream, not {type(blk).__name__}")
+            if blk.shortcut.kind not in ("identity", "A"):
+                raise ValueError(f"option-{blk.shortcut.kind} shortcuts (a float conv in the stream) do not export yet")
+            first = ResidualStage(blk.conv1, blk.bn1, blk.shortcut.kind, blk.shortcut.stride, blk.shortcut.pad)
+            stages += [first, ResidualStage(blk.conv2, blk.bn2)]
+        return ConvStage(self.stem, self.stem_bn), stages, self.head_bn, self.fc
 
     def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
         x = materialize(hardtanh(self.stem_bn(self.stem(x, ede))), self.materialize)

@@ -38,9 +38,16 @@ def randomize(model, seed):
     thresholds that land exactly on an integer sum (ties)."""
     rng = np.random.default_rng(seed)
     ede = bz.EstimatorParams.constant()
-    convs = [m for _, m in nnx.iter_modules(model) if isinstance(m, BinaryConv)]
-    norms = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
-    for conv, bn in zip(convs, norms):
+    if hasattr(model, "export_residual_stages"):
+        stem, stages, head_norm, _ = model.export_residual_stages()
+        pairs = [(stem.conv, stem.norm)] + [(st.conv, st.norm) for st in stages]
+        c = head_norm.mean[...].shape[0]
+        head_norm.mean[...] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
+        head_norm.var[...] = jnp.asarray(rng.uniform(0.05, 0.5, c), jnp.float32)
+    else:
+        convs = [m for _, m in nnx.iter_modules(model) if isinstance(m, BinaryConv)]
+        pairs = zip(convs, [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)])
+    for conv, bn in pairs:
         c = bn.mean[...].shape[0]
         fan_in = conv.kernel_size**2 * conv.in_features
         s = np.abs(np.asarray(conv.quantized_kernel(ede)).reshape(-1, c)[0])

@@ -20,7 +20,10 @@ from irnet_jax.timing import median_seconds
 
 def first_layer_input(images_u8: np.ndarray, folded: FoldedModel) -> np.ndarray:
     """Bits (binary first layer: the encoded planes, ``[N, H, W, C * levels]``) or normalized float32
-    pixels (float first layer) of ``[N, H, W, C]`` uint8 images."""
+    pixels (float first layer) or the pixel values as float32 (an integer stem) of ``[N, H, W, C]``
+    uint8 images."""
+    if getattr(folded.stages[0], "takes_pixels", False):
+        return np.asarray(images_u8, np.float32)
     if isinstance(folded.stages[0], BinaryConvStage):
         if folded.input_encoding == "none":
             raise ExportError("a binary first layer needs an input encoding (input_encoding thermometer/bitplanes)")

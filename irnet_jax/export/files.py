@@ -38,6 +38,8 @@ def golden_files(folded: FoldedModel, trace: list[dict], n: int) -> dict[str, Li
             rows = pixel_rows(image_input) if len(stage.in_shape) == 3 else image_input.reshape(1, -1)
             files[f"L{i}_in.txt"] = [" ".join(bit_ops.bits_line(r)) for r in rows]
             files[f"L{i}_in.memb"] = [bit_ops.bits_line(r) for r in rows]
+        elif image_input.dtype == np.int32:  # a fixed-point stream
+            files[f"L{i}_in.txt"] = [" ".join(map(str, r)) for r in pixel_rows(image_input)]
         if "sums" in record:
             files[f"L{i}_sum.txt"] = [" ".join(map(str, r)) for r in pixel_rows(record["sums"][n])]
         files.update(stage.golden_output(i, record["output"][n]))
@@ -105,6 +107,7 @@ def format_section(folded: FoldedModel) -> dict[str, Any]:
             "output position (h, w), channels 0..C_out-1; one line for a dense stage",
             "L<i>_out.txt/.memb": "bits after pooling: one line per output pixel (h, w), channels 0..C_out-1",
             "L<i>_out.txt (fixed-point stage)": "q after pooling: one line per output pixel, decimal, channels in order",
+            "L<i>_in.txt (residual stage)": "the stream q it takes: one line per pixel (h, w), decimal, channels in order",
             "L<i>_patches.memb": "one line per conv output position (h, w): the K patch bits as the datapath sees "
             "them (border bits included), (c, kh, kw) order",
             "L<i>_prepool.memb": "one line per conv output position (h, w): the C_out bits before pooling",

@@ -30,7 +30,7 @@ class FixedPointAffine:
     """``q = clamp(floor((M D + C + 2**(S-1)) / 2**S), -2**F, 2**F)`` per channel (module docstring)."""
 
     multiplier: np.ndarray  # int64 [C]
-    offset: np.ndarray  # int64 [C]
+    offset: np.ndarray  # int64 [C], or [H, W, C] (one per output position)
     shift: np.ndarray  # int64 [C], >= 1
     frac_bits: int
 
@@ -39,12 +39,14 @@ class FixedPointAffine:
         """``2**F``: the fixed-point value of 1.0 (the clamp's bound)."""
         return 1 << self.frac_bits
 
-    def apply(self, d, xp=np):
+    def apply(self, d, xp=np, bound: int = 1):
         """Integer sums ``[..., C]`` -> ``q`` int32 ``[..., C]``, with NumPy (``xp=np``) or JAX (``xp=jnp``,
-        which needs ``jax_enable_x64`` for the int64 product: use the NumPy form otherwise)."""
+        which needs ``jax_enable_x64`` for the int64 product: use the NumPy form otherwise), clamped
+        to ``[-bound 2**F, bound 2**F]`` (a residual stage takes ``bound=2``: once it has added a
+        shortcut in ``[-1, 1]`` and clamped to ``[-1, 1]``, the result is that of no clamp here)."""
         acc = d.astype(xp.int64) * self.multiplier + self.offset + (xp.int64(1) << (self.shift - 1))
         q = acc >> self.shift  # arithmetic shift: floor
-        return xp.clip(q, -self.one, self.one).astype(xp.int32)
+        return xp.clip(q, -bound * self.one, bound * self.one).astype(xp.int32)
 
     def entry(self) -> dict:
         return {
@@ -57,19 +59,21 @@ class FixedPointAffine:
 
 
 def fixed_point_affine(
-    scale: np.ndarray, bias: np.ndarray, fan_in: int, frac_bits: int = DEFAULT_FRAC_BITS
+    scale: np.ndarray, bias: np.ndarray, max_abs_input: float, frac_bits: int = DEFAULT_FRAC_BITS
 ) -> FixedPointAffine:
-    """The fixed-point form of ``hardtanh(scale * D + bias)`` (float64 per channel) for integer ``D``
-    in ``[-fan_in, fan_in]``. A bias beyond ``|scale| fan_in + 2`` saturates the clamp for every ``D``
-    and is cut there (the output is unchanged, ``C`` stays in range)."""
+    """The fixed-point form of ``hardtanh(scale * D + bias)`` (float64: ``scale [C]``, ``bias [..., C]``,
+    e.g. one per output position) for integers ``|D| <= max_abs_input``. A bias beyond ``|scale|
+    max_abs_input + 2`` saturates the clamp for every ``D`` and is cut there (the output is unchanged,
+    ``C`` stays in range)."""
     scale, bias = np.asarray(scale, np.float64), np.asarray(bias, np.float64)
-    reach = np.abs(scale) * fan_in + 2.0
+    reach = np.abs(scale) * max_abs_input + 2.0
     bias = np.clip(bias, -reach, reach)
     target = np.abs(scale) * 2.0**frac_bits
+    largest_bias = np.max(np.abs(bias).reshape(-1, scale.shape[0]), axis=0)
     # Largest S with |M| = target * 2**S < 2**MULTIPLIER_BITS and |C| = |bias| 2**(F+S) < 2**OFFSET_LIMIT_BITS.
     with np.errstate(divide="ignore"):
         s_m = np.floor(MULTIPLIER_BITS - np.log2(np.where(target > 0, target, 1.0)) - 1e-9)
-        s_c = np.floor(OFFSET_LIMIT_BITS - frac_bits - np.log2(np.maximum(np.abs(bias), 1.0)) - 1)
+        s_c = np.floor(OFFSET_LIMIT_BITS - frac_bits - np.log2(np.maximum(largest_bias, 1.0)) - 1)
     shift = np.clip(np.minimum(s_m, s_c), 1, MAX_SHIFT).astype(np.int64)
     multiplier = np.round(scale * 2.0 ** (frac_bits + shift)).astype(np.int64)
     offset = np.round(bias * 2.0 ** (frac_bits + shift)).astype(np.int64)

@@ -29,9 +29,11 @@ import numpy as np
 from flax import nnx
 
 from irnet_jax import binarization as bz
+from irnet_jax import data as data_lib
 from irnet_jax.errors import UserError
 from irnet_jax.export.border import border_correction
 from irnet_jax.export.fixed_point import DEFAULT_FRAC_BITS, fixed_point_affine
+from irnet_jax.export.residual import HeadStage, ResidualConvStage, stem_stage
 from irnet_jax.export.stages import (
     BinaryConvStage,
     BinaryDenseStage,
@@ -44,7 +46,7 @@ from irnet_jax.layers import Offset, ShiftBinaryConv
 from irnet_jax.models import ConvStage
 from irnet_jax.train_state import model_input_shape
 
-EXPORTABLE = ("vgg_small", "alexnet", "mnistnet")
+EXPORTABLE = ("vgg_small", "alexnet", "mnistnet", "resnet20", "resnet18")
 
 
 class ExportError(UserError, ValueError):
@@ -145,14 +147,65 @@ def fold_classifier(fc, in_features: int, input_frac_bits: int | None) -> Stage:
     raise ExportError("the last layer must be fully binary or full precision to export")
 
 
+def residual_conv(spec, in_shape: tuple[int, int, int], frac_bits: int) -> ResidualConvStage:
+    """One binary conv of a Bi-Real block (``models.ResidualStage``) on the fixed-point stream."""
+    conv = spec.conv
+    if not conv.is_binary or isinstance(conv, ShiftBinaryConv):
+        raise ExportError("every conv of a residual block must be 1w1a (not 1w32a, not a shift conv) to export")
+    a, b = norm_affine(spec.norm, conv.out_features)
+    bits, scale = binary_weight_bits(conv, bz.EstimatorParams.constant())
+    border = None
+    if conv.pad_value == "zero" and conv.padding > 0:
+        border = border_correction(bits, in_shape[:2], conv.kernel_size, conv.strides, conv.padding)
+    return ResidualConvStage(
+        in_shape=in_shape,
+        kernel_size=conv.kernel_size,
+        stride=conv.strides,
+        pad=conv.padding,
+        pad_bit=conv.pad_value,
+        weight_bits=bits,
+        border=border,
+        fixed=fixed_point_affine(a * scale, b, bits.shape[1], frac_bits),
+        shortcut=spec.shortcut,
+        shortcut_stride=spec.stride,
+        pad_channels=spec.pad_channels,
+    )
+
+
+def fold_resnet(model: nnx.Module, config: ml_collections.ConfigDict, frac_bits: int) -> list[Stage]:
+    """A Bi-Real ResNet as an integer stem, residual binary convs on the fixed-point stream, and a
+    float32 head (``residual``)."""
+    try:
+        stem_spec, specs, head_norm, fc = model.export_residual_stages()
+    except ValueError as e:
+        raise ExportError(f"{config.model} cannot be exported: {e}") from None
+    stem = stem_spec.conv
+    if stem.binarize_weights or stem.binarize_activations or fc.binarize_weights or fc.binarize_activations:
+        raise ExportError("a ResNet exports with a full-precision first conv and classifier (the paper's setting)")
+    mean, std = data_lib.normalization_stats(data_lib.get_dataset_info(config.dataset), config.normalization)
+    shape = model_input_shape(config)
+    a, b = norm_affine(stem_spec.norm, stem.out_features)
+    weights = np.asarray(stem.kernel[...], np.float64)
+    stages: list[Stage] = [stem_stage(weights, (a, b), shape, stem.strides, stem.padding, mean, std, frac_bits)]
+    shape = (*stages[0].conv_output_hw(), stem.out_features)
+    for spec in specs:
+        stages.append(residual_conv(spec, shape, frac_bits))
+        shape = (*stages[-1].conv_output_hw(), spec.conv.out_features)
+    norm = None if head_norm is None else tuple(v.astype(np.float32) for v in norm_affine(head_norm, shape[-1]))
+    weights, bias = np.asarray(fc.kernel[...], np.float32), np.asarray(fc.bias[...], np.float32)
+    stages.append(HeadStage(in_shape=shape, frac_bits=frac_bits, norm=norm, weights=weights, bias=bias))
+    return stages
+
+
 def fold(model: nnx.Module, config: ml_collections.ConfigDict, frac_bits: int = DEFAULT_FRAC_BITS) -> FoldedModel:
     """Fold a trained model (float32, eval mode) into integer thresholds and weight bits; a float
-    classifier's input (the last block's hardtanh) as fixed point with ``frac_bits`` fractional bits."""
+    classifier's input (the last block's hardtanh) and a ResNet's residual stream as fixed point with
+    ``frac_bits`` fractional bits."""
+    meta = (config.input_encoding, config.encoding_levels, config.dataset, config.model, config.normalization)
+    if hasattr(model, "export_residual_stages"):
+        return FoldedModel(fold_resnet(model, config, frac_bits), *meta)
     if not hasattr(model, "export_stages"):
-        raise ExportError(
-            f"export supports {list(EXPORTABLE)}; {config.model!r} adds real-valued shortcuts before "
-            f"each sign, which is not an XNOR-popcount-threshold pipeline"
-        )
+        raise ExportError(f"export supports {list(EXPORTABLE)}; {config.model!r} has no description of its stages")
     conv_specs, fc = model.export_stages()
     shape = model_input_shape(config)
     stages: list[Stage] = []
@@ -162,6 +215,4 @@ def fold(model: nnx.Module, config: ml_collections.ConfigDict, frac_bits: int = 
         stages.append(fold_conv(spec, shape, not stages, fixed, frac_bits))
         shape = (*stages[-1].output_hw(), spec.conv.out_features)
     stages.append(fold_classifier(fc, int(np.prod(shape)), frac_bits if float_classifier else None))
-    return FoldedModel(
-        stages, config.input_encoding, config.encoding_levels, config.dataset, config.model, config.normalization
-    )
+    return FoldedModel(stages, *meta)

@@ -33,6 +33,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from irnet_jax.export import bits as bit_ops
+from irnet_jax.export.residual import HeadStage, IntegerStemStage, ResidualConvStage
 from irnet_jax.export.stages import (
     BinaryConvStage,
     BinaryDenseStage,
@@ -107,20 +108,39 @@ def sign_threshold(g: GraphBuilder, d: str, threshold: np.ndarray, flip: np.ndar
     return g.op("Where", [cond, g.const(np.float32(1.0), "plus"), g.const(np.float32(-1.0), "minus")])
 
 
-def fixed_point(g: GraphBuilder, d: str, stage: BinaryConvStage) -> str:
-    """``q`` (module docstring) as float32 ``q`` (exact: ``|q| <= 2**F``), NCHW."""
-    fx = stage.fixed
-    bound = np.abs(fx.multiplier) * stage.fan_in + np.abs(fx.offset) + (1 << fx.shift)
-    positive = bound // (1 << fx.shift) + 1  # P: P * 2**S > |M D + C + 2**(S-1)|
-    add = fx.offset + (1 << (fx.shift - 1)) + positive * (1 << fx.shift)
-    x = g.op("Cast", [d], to=TensorProto.INT64)
-    x = g.op("Mul", [x, g.const(per_channel(fx.multiplier, np.int64), "multiplier")])
-    x = g.op("Add", [x, g.const(per_channel(add, np.int64), "offset")])
+def position_offsets(offset: np.ndarray, dtype=np.int64) -> np.ndarray:
+    """A ``[C]`` or ``[H, W, C]`` offset as a constant broadcasting over NCHW."""
+    return per_channel(offset, dtype) if offset.ndim == 1 else offset.transpose(2, 0, 1)[None].astype(dtype)
+
+
+def fixed_point_int64(g: GraphBuilder, y: str, fx, max_abs_input: float, bound: int = 1) -> str:
+    """``q`` (``fixed_point.FixedPointAffine.apply``) of an int64 NCHW tensor ``y`` with ``|y| <=
+    max_abs_input``, as int64; clamped to ``+-bound 2**F``."""
+    bound_acc = np.abs(fx.multiplier) * max_abs_input + np.max(np.abs(fx.offset).reshape(-1, fx.shift.size), 0)
+    positive = (bound_acc + (1 << fx.shift)) // (1 << fx.shift) + 1  # P: P 2**S > |M y + C + 2**(S-1)|
+    add = position_offsets(fx.offset) + per_channel((1 << (fx.shift - 1)) + positive * (1 << fx.shift), np.int64)
+    x = g.op("Mul", [y, g.const(per_channel(fx.multiplier, np.int64), "multiplier")])
+    x = g.op("Add", [x, g.const(add, "offset")])
     x = g.op("Div", [x, g.const(per_channel(1 << fx.shift, np.int64), "shift")])
     x = g.op("Sub", [x, g.const(per_channel(positive, np.int64), "positive")])
-    x = g.op("Max", [x, g.const(np.int64(-fx.one), "lo")])
-    x = g.op("Min", [x, g.const(np.int64(fx.one), "hi")])
-    return g.op("Cast", [x], to=TensorProto.FLOAT)
+    x = g.op("Max", [x, g.const(np.int64(-bound * fx.one), "lo")])
+    return g.op("Min", [x, g.const(np.int64(bound * fx.one), "hi")])
+
+
+def fixed_point(g: GraphBuilder, d: str, stage: BinaryConvStage) -> str:
+    """``q`` of the float32 sums ``d`` (NCHW) as float32 ``q`` (exact: ``|q| <= 2**F``)."""
+    q = fixed_point_int64(g, g.op("Cast", [d], to=TensorProto.INT64), stage.fixed, stage.fan_in)
+    return g.op("Cast", [q], to=TensorProto.FLOAT)
+
+
+def to_value(g: GraphBuilder, q: str, frac_bits: int) -> str:
+    """int64 ``q`` -> float32 ``q * 2**-F`` (exact)."""
+    return g.op("Mul", [g.op("Cast", [q], to=TensorProto.FLOAT), g.const(np.float32(2.0**-frac_bits), "unit")])
+
+
+def to_integer(g: GraphBuilder, v: str, frac_bits: int) -> str:
+    """float32 ``q * 2**-F`` -> int64 ``q`` (exact)."""
+    return g.op("Cast", [g.op("Mul", [v, g.const(np.float32(2.0**frac_bits), "scale")])], to=TensorProto.INT64)
 
 
 def pad_border(g: GraphBuilder, x: str, stage: BinaryConvStage) -> tuple[str, int]:
@@ -149,16 +169,20 @@ def conv(g: GraphBuilder, x: str, weights: str, stage, pads: int, out: str | Non
     )
 
 
-def binary_conv(g: GraphBuilder, x: str, stage: BinaryConvStage, i: int) -> str:
+def binary_sums(g: GraphBuilder, x: str, stage: BinaryConvStage, i: int) -> str:
+    """The integer sums ``D`` (float32, NCHW, named ``L<i>_sum``) of a binary conv on the +-1 input ``x``."""
     c_out = stage.weight_bits.shape[0]
     signs = (2.0 * stage.weight_bits - 1.0).reshape(c_out, -1, stage.kernel_size, stage.kernel_size)
     x, pads = pad_border(g, x, stage)
     weights = bipolar_weights(g, signs, f"L{i}_weights")
     if stage.border is not None and pads == 0:  # +1 border bits: D = D_datapath - C[border class]
         correction = g.const(stage.border.per_position().transpose(2, 0, 1)[None].astype(np.float32), "border")
-        d = g.op("Sub", [conv(g, x, weights, stage, 0), correction], out=f"L{i}_sum")
-    else:
-        d = conv(g, x, weights, stage, pads, out=f"L{i}_sum")
+        return g.op("Sub", [conv(g, x, weights, stage, 0), correction], out=f"L{i}_sum")
+    return conv(g, x, weights, stage, pads, out=f"L{i}_sum")
+
+
+def binary_conv(g: GraphBuilder, x: str, stage: BinaryConvStage, i: int) -> str:
+    d = binary_sums(g, x, stage, i)
     if stage.pool == "sums":
         d = pool(g, d, stage.ceil_pool)
     y = sign_threshold(g, d, stage.threshold, stage.flip) if stage.fixed is None else fixed_point(g, d, stage)
@@ -167,6 +191,52 @@ def binary_conv(g: GraphBuilder, x: str, stage: BinaryConvStage, i: int) -> str:
     if stage.fixed is not None:
         y = g.op("Mul", [y, g.const(np.float32(2.0**-stage.fixed.frac_bits), "unit")])
     return y
+
+
+def stream_bits(g: GraphBuilder, v: str, channels: int) -> str:
+    """+1 where the stream value ``v >= 0``, else -1 (QONNX: a BIPOLAR ``MultiThreshold`` at 0)."""
+    zeros = np.zeros(channels, np.int64)
+    return sign_threshold(g, v, zeros, zeros.astype(bool), flip_mul=False)
+
+
+def residual_conv(g: GraphBuilder, v: str, stage: ResidualConvStage, i: int) -> str:
+    """``q' = clamp(t + shortcut(q))`` on the stream value ``v = q 2**-F`` (``residual``)."""
+    d = binary_sums(g, stream_bits(g, v, stage.in_shape[-1]), stage, i)
+    t = fixed_point_int64(g, g.op("Cast", [d], to=TensorProto.INT64), stage.fixed, stage.fan_in, bound=2)
+    q = to_integer(g, v, stage.fixed.frac_bits)
+    if stage.shortcut != "identity":
+        step = stage.shortcut_stride
+        starts, ends = g.const(np.array([0, 0], np.int64), "starts"), g.const(np.array([2**62] * 2, np.int64), "ends")
+        axes, steps = g.const(np.array([2, 3], np.int64), "axes"), g.const(np.array([step, step], np.int64), "steps")
+        q = g.op("Slice", [q, starts, ends, axes, steps])
+        half = stage.pad_channels // 2
+        pads = g.const(np.array([0, half, 0, 0, 0, stage.pad_channels - half, 0, 0], np.int64), "pads")
+        q = g.op("Pad", [q, pads, g.const(np.int64(0), "zero")], mode="constant")
+    one = stage.fixed.one
+    out = g.op("Min", [g.op("Max", [g.op("Add", [t, q]), g.const(np.int64(-one), "lo")]), g.const(np.int64(one), "hi")])
+    return to_value(g, out, stage.fixed.frac_bits)
+
+
+def integer_stem(g: GraphBuilder, x: str, stage: IntegerStemStage, i: int) -> str:
+    """``Y = conv(p, Wq_hi) 2**P + conv(p, Wq_lo)`` (each exact in float32), then the fixed point."""
+    parts = []
+    for name, w in zip(("hi", "lo"), stage.parts()):
+        y = conv(g, x, g.const(np.ascontiguousarray(w.transpose(3, 2, 0, 1)), f"L{i}_weights_{name}"), stage, stage.pad)
+        parts.append(g.op("Cast", [y], to=TensorProto.INT64))
+    y = g.op("Add", [g.op("Mul", [parts[0], g.const(np.int64(1 << stage.part_bits), "part")]), parts[1]])
+    max_abs_y = 255.0 * np.max(np.abs(stage.weights_int).reshape(-1, stage.weights_int.shape[-1]).sum(0))
+    return to_value(g, fixed_point_int64(g, y, stage.fixed, max_abs_y), stage.fixed.frac_bits)
+
+
+def head(g: GraphBuilder, v: str, stage: HeadStage, i: int) -> str:
+    """Average pool, head norm, classifier: float32, in the engine's order (``residual.HeadStage``)."""
+    h, w, _ = stage.in_shape
+    pooled = g.op("ReduceSum", [v, g.const(np.array([2, 3], np.int64), "axes")], keepdims=0)
+    y = g.op("Mul", [pooled, g.const(np.float32(1.0 / (h * w)), "mean")])
+    if stage.norm is not None:
+        y = g.op("Add", [g.op("Mul", [y, g.const(stage.norm[0], "A")]), g.const(stage.norm[1], "B")])
+    y = g.op("MatMul", [y, g.const(stage.weights.astype(np.float32), f"L{i}_weights")])
+    return g.op("Add", [y, g.const(stage.bias.astype(np.float32), "bias")])
 
 
 def float_conv(g: GraphBuilder, x: str, stage: FloatConvStage, i: int) -> str:
@@ -200,6 +270,9 @@ def float_dense(g: GraphBuilder, x: str, stage: FloatDenseStage, i: int) -> str:
 
 WRITERS = {
     BinaryConvStage: binary_conv,
+    ResidualConvStage: residual_conv,
+    IntegerStemStage: integer_stem,
+    HeadStage: head,
     FloatConvStage: float_conv,
     BinaryDenseStage: binary_dense,
     FloatDenseStage: float_dense,
@@ -209,11 +282,13 @@ WRITERS = {
 def stage_tensors(stage: Stage, i: int) -> dict[str, list]:
     """The named tensors of stage ``i`` and their shapes (``N``: the batch): its sums (binary stages,
     before the pool) and its output."""
-    if isinstance(stage, BinaryDenseStage | FloatDenseStage):
+    if isinstance(stage, BinaryDenseStage | FloatDenseStage | HeadStage):
         classes = [stage.bias.shape[0]]
         return ({f"L{i}_sum": ["N", *classes]} if isinstance(stage, BinaryDenseStage) else {}) | {
             f"L{i}_out": ["N", *classes]
         }
+    if isinstance(stage, IntegerStemStage):
+        return {f"L{i}_out": ["N", stage.weights_int.shape[-1], *stage.output_hw()]}
     c = stage.weights.shape[-1] if isinstance(stage, FloatConvStage) else stage.weight_bits.shape[0]
     out = {f"L{i}_out": ["N", c, *stage.output_hw()]}
     return ({f"L{i}_sum": ["N", c, *stage.conv_output_hw()]} if isinstance(stage, BinaryConvStage) else {}) | out

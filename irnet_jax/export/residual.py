@@ -1,0 +1,243 @@
+"""IR-Net's Bi-Real ResNets as integer arithmetic: a fixed-point residual stream.
+
+The stream ``q`` is int32 with ``F`` fractional bits (value ``q / 2**F``, in ``[-2**F, 2**F]``: the
+hardtanh's range). Three stage kinds:
+
+* ``int_stem_conv`` (the float first conv + BatchNorm + hardtanh): the normalization is folded into
+  the weights, ``x_c = p_c / (255 std_c) - mean_c / std_c`` for uint8 pixels ``p``, so
+  ``conv(x, W) = conv(p, W / (255 std)) + b[r, c, o]`` where ``b`` sums ``W * (-mean / std)`` over the
+  taps inside the image (it varies at the border, where ``x`` is zero-padded). The weights are
+  integers ``Wq = round(W / (255 std) 2**G)``, so ``Y = conv(p, Wq)`` is an exact integer, and
+  ``q = clamp(floor((M Y + C[r, c, o] + 2**(S-1)) / 2**S), -2**F, 2**F)`` (``fixed_point``) with
+  ``M / 2**S ~ A 2**(F-G)``, ``C ~ (A b + B) 2**(F+S)`` (``A, B``: the folded norm). ``Wq`` is split
+  as ``Wq_hi 2**P + Wq_lo`` (``0 <= Wq_lo < 2**P``) so that each partial conv stays below 2**24 and is
+  exact in float32 too (ONNX).
+* ``binary_conv_residual`` (one binary conv of a block): bits ``a = (q >= 0)``, ``D`` as a binary conv
+  (zero padding: +1 bits and the border table), ``t = fixed point of BN(s D)`` clamped to ``+-2**(F+1)``,
+  ``q' = clamp(t + shortcut(q), -2**F, 2**F)``; the shortcut is ``q`` itself or option A (``q`` at
+  every second row and column, zero channels padded evenly on both sides).
+* ``avgpool_float_dense`` (the head): ``v = float32(sum over positions of q) * float32(2**-F / (H W))``,
+  then the head BatchNorm ``v * A + B`` and the classifier ``v @ W + b``, float32, in that order.
+
+The trained float model computes the same network in float32; this is its fixed-point form, so its
+predictions agree with the model's up to the rounding at ``2**-F`` and of the stem's weights (the
+manifest reports the agreement on the test set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from irnet_jax.export.border import outside_taps
+from irnet_jax.export.fixed_point import FixedPointAffine, fixed_point_affine
+from irnet_jax.export.stages import BinaryConvStage, Stage, _ConvGeometry, _LogitsOutput, pixel_rows
+
+FLOAT32_EXACT = 2**24  # integers below this are exact in float32
+
+
+def stem_part_bits(fan_in: int) -> int:
+    """``P``: each partial conv ``conv(p, Wq_part)`` with ``|Wq_part| <= 2**P`` and uint8 pixels stays
+    below 2**24 (``255 * fan_in * 2**P < 2**24``)."""
+    return int(np.floor(np.log2((FLOAT32_EXACT - 1) / (255 * fan_in))))
+
+
+def stream_shortcut(q, shortcut: str, stride: int, pad_channels: int, xp=np):
+    """The identity, or option A: every ``stride``-th row and column, ``pad_channels`` zero channels
+    split evenly on both sides (``[N, H, W, C] -> [N, H/stride, W/stride, C + pad_channels]``)."""
+    if shortcut == "identity":
+        return q
+    half = pad_channels // 2
+    return xp.pad(q[:, ::stride, ::stride, :], ((0, 0), (0, 0), (0, 0), (half, pad_channels - half)))
+
+
+@dataclasses.dataclass(kw_only=True)
+class IntegerStemStage(_ConvGeometry, Stage):
+    """The float first conv, its norm and hardtanh on uint8 pixels (given as float32 ``[N, H, W, C]``),
+    in integers: ``weights_int`` HWIO int64 ``Wq``, ``fixed`` with one offset per output position."""
+
+    kind: ClassVar[str] = "int_stem_conv"
+    takes_pixels: ClassVar[bool] = True
+    weights_int: np.ndarray
+    weight_frac_bits: int  # G
+    part_bits: int  # P
+    fixed: FixedPointAffine
+
+    def parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(Wq_hi, Wq_lo)`` as float32 HWIO, ``Wq = Wq_hi 2**P + Wq_lo``, ``0 <= Wq_lo < 2**P``."""
+        hi = np.floor_divide(self.weights_int, 1 << self.part_bits)
+        return hi.astype(np.float32), (self.weights_int - hi * (1 << self.part_bits)).astype(np.float32)
+
+    def integer_conv(self, pixels, xp):
+        """``Y = conv(p, Wq)``: two exact float32 convs, combined in int64 (``xp.int64``: JAX needs x64)."""
+        ys = [
+            jax.lax.conv_general_dilated(
+                jnp.asarray(pixels, jnp.float32),
+                jnp.asarray(w),
+                (self.stride,) * 2,
+                ((self.pad, self.pad),) * 2,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+            for w in self.parts()
+        ]
+        hi, lo = (xp.asarray(y).astype(xp.int64) for y in ys)
+        return hi * (1 << self.part_bits) + lo
+
+    def reference(self, x):
+        return self.fixed.apply(self.integer_conv(x, np)), None
+
+    def packed(self):
+        return lambda x: self.fixed.apply(self.integer_conv(x, jnp), jnp)
+
+    def manifest_entry(self, index, out_dir):
+        entry = {**super().manifest_entry(index, out_dir), **self.geometry_entry()}
+        entry.update(
+            input="uint8 pixels [H, W, C] (the normalization is folded into the weights and offsets)",
+            rule="Y = conv(p, Wq) (zero padding, exact integers); q = fixed point (offset per output position)",
+            weight_frac_bits=self.weight_frac_bits,
+            weights_npz=f"weights/L{index}_int.npz",
+            fixed_point=self.fixed.entry() | {"offset": f"weights/L{index}_int.npz:offset_hwc"},
+        )
+        np.savez(
+            os.path.join(out_dir, entry["weights_npz"]),
+            weights_hwio=self.weights_int,
+            multiplier=self.fixed.multiplier,
+            offset_hwc=self.fixed.offset,
+            shift=self.fixed.shift,
+        )
+        return entry
+
+    def golden_output(self, index, output):
+        return {f"L{index}_out.txt": [" ".join(map(str, r)) for r in pixel_rows(output)]}
+
+
+@dataclasses.dataclass(kw_only=True)
+class ResidualConvStage(BinaryConvStage):
+    """A binary conv of a Bi-Real block on the stream (module docstring); ``fixed`` is its norm."""
+
+    kind: ClassVar[str] = "binary_conv_residual"
+    shortcut: str = "identity"
+    shortcut_stride: int = 1
+    pad_channels: int = 0
+
+    def stream_output(self, d, q, xp=np):
+        t = self.fixed.apply(d, xp, bound=2)
+        short = stream_shortcut(q, self.shortcut, self.shortcut_stride, self.pad_channels, xp)
+        return xp.clip(t + short, -self.fixed.one, self.fixed.one).astype(xp.int32)
+
+    def reference(self, q):
+        d = self.sums((q >= 0).astype(np.uint8))
+        return self.stream_output(d, q), d
+
+    def packed(self):
+        sums = self.packed_sums()
+        return lambda q: self.stream_output(sums((q >= 0).astype(jnp.uint8)), q, jnp)
+
+    def manifest_entry(self, index, out_dir):
+        entry = super().manifest_entry(index, out_dir)
+        entry.update(
+            input="the stream q (int32, F fractional bits); the conv takes its bits a = (q >= 0)",
+            residual="q' = clamp(clamp(t, -2^(F+1), 2^(F+1)) + shortcut(q), -2^F, 2^F), t = fixed point of D",
+            shortcut=self.shortcut,
+            shortcut_stride=self.shortcut_stride,
+            shortcut_pad_channels=[self.pad_channels // 2, self.pad_channels - self.pad_channels // 2],
+        )
+        return entry
+
+    def golden_extra(self, index, image_input):
+        return super().golden_extra(index, (image_input >= 0).astype(np.uint8))
+
+
+@dataclasses.dataclass(kw_only=True)
+class HeadStage(_LogitsOutput, Stage):
+    """Global average pool of the stream, the head norm ``(A, B)`` (float32, identity if ``None``) and
+    a float classifier ``weights [C, classes]``, ``bias``."""
+
+    kind: ClassVar[str] = "avgpool_float_dense"
+    frac_bits: int
+    norm: tuple[np.ndarray, np.ndarray] | None
+    weights: np.ndarray
+    bias: np.ndarray
+
+    def pooled_scale(self) -> np.float32:
+        h, w, _ = self.in_shape
+        return np.float32(2.0**-self.frac_bits / (h * w))
+
+    def logits(self, q, xp=np):
+        v = q.astype(xp.int64).sum(axis=(1, 2)).astype(xp.float32) * self.pooled_scale()
+        if self.norm is not None:
+            v = v * self.norm[0].astype(np.float32) + self.norm[1].astype(np.float32)
+        return v @ self.weights + self.bias
+
+    def reference(self, q):
+        return self.logits(q), None
+
+    def packed(self):
+        return lambda q: self.logits(q, jnp)
+
+    def manifest_entry(self, index, out_dir):
+        entry = super().manifest_entry(index, out_dir)
+        entry.update(
+            rule="v = float32(sum_hw q) * float32(2^-F / (H*W)); v = v * A + B (head norm); logits = v @ W + b; "
+            "float32, in that order",
+            weights_npz=f"weights/L{index}_float.npz",
+        )
+        norm = {} if self.norm is None else {"A": self.norm[0], "B": self.norm[1]}
+        np.savez(os.path.join(out_dir, entry["weights_npz"]), kernel=self.weights, bias=self.bias, **norm)
+        return entry
+
+
+def stem_position_bias(weights: np.ndarray, beta: np.ndarray, in_hw: tuple[int, int], stride: int, pad: int):
+    """``b[r, c, o]``: the sum of ``W[kh, kw, ch, o] * beta[ch]`` over the taps of output position
+    ``(r, c)`` inside the image (float64 ``[H', W', C_out]``)."""
+    k = weights.shape[0]
+    (h, w), wb = in_hw, np.einsum("hwio,i->hwo", weights, beta)
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    rows_out, cols_out = outside_taps(ho, h, k, stride, pad), outside_taps(wo, w, k, stride, pad)
+    out = np.zeros((ho, wo, weights.shape[-1]))
+    for r in range(ho):
+        for c in range(wo):
+            mask = np.ones((k, k))
+            mask[list(rows_out[r]), :] = 0
+            mask[:, list(cols_out[c])] = 0
+            out[r, c] = np.einsum("hwo,hw->o", wb, mask)
+    return out
+
+
+def quantize_stem_weights(scaled: np.ndarray, part_bits: int) -> tuple[np.ndarray, int]:
+    """``(Wq, G)``: ``Wq = round(scaled 2**G)`` with the largest ``G`` keeping ``|Wq| < 2**(2P - 1)``
+    (then ``Wq_hi`` and ``Wq_lo`` each fit in ``P`` bits)."""
+    largest = max(float(np.max(np.abs(scaled))), 1e-30)
+    g = int(np.floor(2 * part_bits - 1 - np.log2(largest) - 1e-9))
+    return np.round(scaled * 2.0**g).astype(np.int64), g
+
+
+def stem_stage(
+    weights: np.ndarray, affine, in_shape, stride: int, pad: int, mean, std, frac_bits: int
+) -> IntegerStemStage:
+    """The integer stem of a float conv ``weights`` (HWIO) + norm ``affine = (A, B)`` + hardtanh on
+    images normalized with ``mean``/``std`` (module docstring)."""
+    k, _, c_in, _ = weights.shape
+    alpha = 1.0 / (255.0 * np.asarray(std, np.float64))
+    beta = -np.asarray(mean, np.float64) / np.asarray(std, np.float64)
+    part_bits = stem_part_bits(k * k * c_in)
+    wq, g = quantize_stem_weights(weights.astype(np.float64) * alpha[None, None, :, None], part_bits)
+    a, b = affine
+    bias = a * stem_position_bias(weights.astype(np.float64), beta, in_shape[:2], stride, pad) + b
+    max_abs_y = 255.0 * np.max(np.abs(wq).reshape(-1, wq.shape[-1]).sum(0))
+    fixed = fixed_point_affine(a * 2.0**-g, bias, max_abs_y, frac_bits)
+    return IntegerStemStage(
+        in_shape=in_shape,
+        kernel_size=k,
+        stride=stride,
+        pad=pad,
+        weights_int=wq,
+        weight_frac_bits=g,
+        part_bits=part_bits,
+        fixed=fixed,
+    )
