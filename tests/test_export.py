@@ -14,7 +14,8 @@ from flax import nnx
 
 from configs import default
 from irnet_jax import binarization as bz
-from irnet_jax import export, trainer
+from irnet_jax import data as data_lib
+from irnet_jax import export, layers, trainer
 from irnet_jax.layers import BinaryConv, record_layer_calls
 from irnet_jax.train_state import build_model
 
@@ -128,10 +129,38 @@ def test_fold_threshold_exhaustive():
         np.testing.assert_array_equal(np.where(flip, d <= t, d >= t), m * d + b >= 0)
 
 
-def test_resnet_export_is_refused_with_reason():
-    config = fully_binary_config("resnet20", "cifar10")
-    with pytest.raises(export.ExportError, match=r"export supports \['vgg_small', 'alexnet', 'mnistnet'\]"):
-        export.fold(build_model(config, nnx.Rngs(0)), config)
+@pytest.mark.parametrize("options", [{}, {"model_kwargs": {"block": "basic"}}, {"model": "resnet18"}])
+def test_resnets_export_as_a_fixed_point_stream_or_are_refused_with_reason(options):
+    """ResNet-20 (Bi-Real blocks, option-A shortcuts): the integer stem is the model's stem to within
+    the rounding of its weights and of 2**-F, and the folded stream's predictions are the model's;
+    the standard block and ResNet-18's option-B shortcut are refused, naming why."""
+    from configs import irnet_resnet20_1w1a_cifar10
+
+    config = irnet_resnet20_1w1a_cifar10.get_config()
+    config.fusion_barriers = "off"
+    config.model = options.get("model", config.model)
+    config.model_kwargs.update(options.get("model_kwargs", {}))
+    if options:
+        with pytest.raises(export.ExportError, match="only Bi-Real blocks|option-B shortcuts"):
+            export.fold(build_model(config, nnx.Rngs(2)), config)
+        return
+    model = randomize(build_model(config, nnx.Rngs(2)), 2)
+    folded = export.fold(model, config)
+    kinds = [st.kind for st in folded.stages]
+    assert kinds == ["int_stem_conv"] + ["binary_conv_residual"] * 18 + ["avgpool_float_dense"]
+    images = np.random.default_rng(3).integers(0, 256, (16, 32, 32, 3), np.uint8)
+    logits, trace = export.run_numpy(folded, images, trace=True)
+    x = data_lib.normalize(jnp.asarray(images), data_lib.get_dataset_info("cifar10"), normalization="imagenet")
+    stem_value = np.asarray(layers.hardtanh(model.stem_bn(model.stem(x))))
+    unit = 2.0**-16
+    assert np.max(np.abs(trace[0]["output"] * unit - stem_value)) < 64 * unit
+    model_logits = np.asarray(model(x))
+    np.testing.assert_array_equal(np.argmax(logits, -1), np.argmax(model_logits, -1))
+    engine = export.make_jax_engine(folded)
+    engine_logits = np.asarray(engine(jnp.asarray(export.first_layer_input(images, folded))))
+    np.testing.assert_allclose(engine_logits, logits, rtol=1e-5, atol=1e-5)
+    downsample = folded.stages[7]  # the first conv of stage 2: stride 2, option A (16 -> 32 channels)
+    assert (downsample.shortcut, downsample.shortcut_stride, downsample.pad_channels) == ("A", 2, 16)
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -219,6 +248,7 @@ GRAPH_CASES = [
     ("fully_binary_mnistnet_mnist", {"pad_value": "one", "input_encoding": "bitplanes"}),
     ("fully_binary_mnistnet_mnist", {"pad_value": "minus_one", "norm": "offset"}),
     ("fully_binary_vgg_small_cifar10", {}),  # checkerboard padding
+    ("irnet_resnet20_1w1a_cifar10", {}),  # integer stem, fixed-point residual stream, option-A shortcuts
 ]
 
 
@@ -283,7 +313,7 @@ def test_a_corrupted_graph_is_caught_by_the_tensor_check():
     assert "L1_sum" in onnx_graph.mismatched_tensors(onnx_graph.run_graph(model, False, x, True), folded, trace)
 
 
-@pytest.mark.parametrize("case", [0, 2, 5])
+@pytest.mark.parametrize("case", [0, 2, 5, 6])
 def test_finn_frontend_steps_run_and_keep_the_predictions(case):
     """qonnx's cleanup, shape/datatype inference, weight folding, conv lowering and the XNOR-popcount
     conversion all run on the QONNX graph, and after each the predictions are the engine's."""

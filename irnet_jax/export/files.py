@@ -94,10 +94,15 @@ def format_section(folded: FoldedModel) -> dict[str, Any]:
         "fixed_point": "q: int32 with F fractional bits (value q / 2^F), from D by "
         "clamp(floor((M*D + C + 2^(S-1)) / 2^S), -2^F, 2^F) in int64 (floor = arithmetic right shift: "
         "rounding half up)",
+        "residual_stream": "ResNets: q int32 with F fractional bits; stem: Y = conv(uint8 pixels, integer weights), "
+        "q = fixed point of Y with an offset per output position; each binary conv takes a = (q >= 0) and gives "
+        "q' = clamp(clamp(t, -2^(F+1), 2^(F+1)) + shortcut(q), -2^F, 2^F) with t the fixed point of its sums; "
+        "option-A shortcut: q at every second row and column (from 0), zero channels split evenly on both sides",
         "float_order": {
             "binary_dense": "logits = float32(D) * logit_scale, rounded to float32, then + bias (no fused multiply-add)",
             "float_dense": "v = float32(q) * 2^-F (exact); logits = v @ W in float32 (any summation order), then + bias",
             "float_conv": "y = conv(x, W) in float32 (summation order unspecified); bit = (A*y + B >= 0), A, B float32",
+            "avgpool_float_dense": "v = float32(sum_hw q) * float32(2^-F / (H*W)); v = v * A + B; logits = v @ W + b",
         },
         "argmax": "the predicted class is the lowest index among equal largest logits",
         "golden": {
