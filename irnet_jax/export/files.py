@@ -150,7 +150,8 @@ def _manifest(folded: FoldedModel, source: dict, labels: np.ndarray, layers: lis
             "levels": folded.encoding_levels,
             "image": "uint8 [H, W, C]",
             "normalization": _normalization(folded),
-            "onnx_input": "[N, C, H, W] float32: the normalized pixels (float first layer) or the +1/-1 planes",
+            "onnx_input": "[N, C, H, W] float32: the normalized pixels (float first layer), the +1/-1 planes "
+            "(binary first layer) or the pixel values 0..255 (a ResNet's integer stem)",
         },
         "folding": "z = A*y + B (BatchNorm: A = gamma/sqrt(var+eps), B = beta - mean*A; offset: A = 1); "
         "y = s*D; M = A*s; bit = D >= ceil(-B/M) (M > 0), D <= floor(-B/M) (M < 0, flip), "
