@@ -152,8 +152,7 @@ def test_resnets_export_as_a_fixed_point_stream_or_are_refused_with_reason(optio
     logits, trace = export.run_numpy(folded, images, trace=True)
     x = data_lib.normalize(jnp.asarray(images), data_lib.get_dataset_info("cifar10"), normalization="imagenet")
     stem_value = np.asarray(layers.hardtanh(model.stem_bn(model.stem(x))))
-    unit = 2.0**-16
-    assert np.max(np.abs(trace[0]["output"] * unit - stem_value)) < 64 * unit
+    assert np.max(np.abs(trace[0]["output"] * 2.0**-22 - stem_value)) < 1e-3  # the stem weights' rounding
     model_logits = np.asarray(model(x))
     np.testing.assert_array_equal(np.argmax(logits, -1), np.argmax(model_logits, -1))
     engine = export.make_jax_engine(folded)
@@ -195,9 +194,11 @@ def test_fixed_point_affine_is_within_one_unit_of_the_hardtanh_for_every_sum():
     d = np.arange(-k, k + 1)[:, None]
     scales = np.concatenate([rng.normal(0, 1, 40) * 10.0 ** rng.uniform(-5, 1, 40), [0.0, 1e-9, -3e3]])
     biases = np.concatenate([rng.normal(0, 3, 40), [0.5, -1e12, 1e12]])
-    for frac_bits in (8, 14, 16):
+    for frac_bits in (8, 16, 22):
         fx = export.fixed_point_affine(scales, biases, k, frac_bits)
-        assert np.all(np.abs(fx.multiplier) < 2**30) and np.all(np.abs(fx.offset) < 2**60) and np.all(fx.shift >= 1)
+        small = np.abs(scales) * 2.0 ** (frac_bits + 1) < 2**30  # else S = 1 and M is the scale itself
+        assert np.all(np.abs(fx.multiplier[small]) < 2**30) and np.all(np.abs(fx.multiplier) * k < 2**60)
+        assert np.all(np.abs(fx.offset) < 2**59) and np.all(fx.shift >= 1)
         q = fx.apply(d)
         exact = np.clip(scales * d + biases, -1, 1) * 2.0**frac_bits
         assert np.max(np.abs(q - exact)) <= 1.0, frac_bits
@@ -431,6 +432,34 @@ def test_rtl_testbench_passes_at_the_border_and_after_pooling_and_catches_corrup
     for golden in ("prepool", "out"):
         bad = run_iverilog(out, layer, corrupt=golden, tmp=tmp_path)
         assert "FAIL 1" in bad, (golden, bad)
+
+
+def test_export_command_on_a_briefly_trained_resnet20(tfds_dir, tmp_path):
+    """IR-Net's ResNet-20 (official recipe) trained 16 steps on real CIFAR-10, exported with the
+    command: the fixed-point stream's predictions agree with the float model's, the ONNX and QONNX
+    graphs equal the engine, and the golden vectors hold the stream."""
+    from configs import irnet_resnet20_1w1a_cifar10
+
+    config = irnet_resnet20_1w1a_cifar10.get_config()
+    config.data_dir, config.train_size, config.num_epochs, config.batch_size = tfds_dir, 2048, 1, 128
+    config.eval_batch_size, config.log_every_steps = 500, 8
+    workdir, out = tmp_path / "run", tmp_path / "export"
+    trainer.train_and_evaluate(config, str(workdir))
+    command = [sys.executable, "-m", "irnet_jax.export", f"--checkpoint={workdir}", f"--out={out}"]
+    command += ["--num_images=1", "--verify=500", f"--data_dir={tfds_dir}"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    v = manifest["verification"]
+    # 16 steps leave near-ties everywhere (~17% accuracy): the agreement goal is measured on trained
+    # models (BENCHMARKS.md); here the stream must still follow the model on most images.
+    assert v["images"] == 500 and v["engine_equals_model"] >= 0.95, v
+    for fmt in ("onnx", "qonnx"):
+        assert v[f"{fmt}_equals_engine"] == 1.0 and v[f"{fmt}_tensors_differing_from_golden"] == [], v
+    assert all(step["predictions_equal_engine"] == 1.0 for step in manifest["finn_frontend"]["steps"])
+    stream = read_lines(out / "golden" / "img0" / "L1_in.txt")  # the stem's output: 32 x 32 pixels of 16 values
+    assert len(stream) == 32 * 32 and all(len(line.split()) == 16 for line in stream)
+    assert manifest["layers"][7]["shortcut"] == "A" and "residual_stream" in manifest["format"]
 
 
 @pytest.mark.parametrize("config_name", ["mnistnet_mnist", "fully_binary_mnistnet_mnist"])

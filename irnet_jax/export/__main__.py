@@ -19,7 +19,9 @@ flags.DEFINE_integer("verify", 1000, "Test images on which engine == model is ch
 flags.DEFINE_string("data_dir", "", "TFDS data dir (default: the run's, else $TFDS_DATA_DIR).")
 flags.DEFINE_integer("bench_batch", 0, "If > 0: also time the engine, the float model and each graph at this batch.")
 flags.DEFINE_string("formats", "onnx,qonnx", "Graphs to write and verify: onnx, qonnx (comma-separated; '' for none).")
-flags.DEFINE_integer("frac_bits", 16, "Fractional bits of the fixed-point values a float classifier takes (1..23).")
+flags.DEFINE_integer(
+    "frac_bits", 22, "Fractional bits of the fixed-point values (a float classifier's input, a ResNet's stream; 1..23)."
+)
 flags.mark_flags_as_required(["checkpoint", "out"])
 
 

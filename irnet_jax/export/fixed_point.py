@@ -6,10 +6,11 @@ hardtanh of the folded BatchNorm, not bits. The export computes that value from 
 
     q = clamp(floor((M_o * D + C_o + 2**(S_o - 1)) / 2**S_o), -2**F, 2**F)        (int64 arithmetic)
 
-with per-channel integers ``M_o = round(A_o s_o 2**(F + S_o))`` (``|M_o| < 2**31``), ``C_o =
+with per-channel integers ``M_o = round(A_o s_o 2**(F + S_o))``, ``C_o =
 round(B_o 2**(F + S_o))`` and shift ``S_o >= 1``: a multiply, an add and an arithmetic right shift
 that rounds half up, then a clamp (the hardtanh). ``S_o`` is the largest shift keeping ``|M_o|``
-below ``2**30`` (and ``|C_o|`` below ``2**60``, ``S_o <= 48``), so ``q`` is within one unit (``2**-F``) of
+below ``2**30`` (unless ``S_o = 1`` already exceeds it: a huge scale), ``|M_o D|`` below ``2**60``,
+``|C_o|`` below ``2**59`` and ``S_o <= 48``, so ``q`` is within one unit (``2**-F``) of
 ``2**F * hardtanh(A s D + B)`` (half a unit from rounding, the rest from ``M``'s and ``C``'s).
 """
 
@@ -19,9 +20,10 @@ import dataclasses
 
 import numpy as np
 
-DEFAULT_FRAC_BITS = 16
-MULTIPLIER_BITS = 30  # |M| < 2**30
-OFFSET_LIMIT_BITS = 60  # |C| < 2**60
+DEFAULT_FRAC_BITS = 22  # ResNet-20: prediction agreement with the float model plateaus from here (BENCHMARKS.md)
+MULTIPLIER_BITS = 30  # |M| < 2**30, and |M D| < 2**PRODUCT_BITS
+PRODUCT_BITS = 60
+OFFSET_LIMIT_BITS = 59  # |C| < 2**59
 MAX_SHIFT = 48  # S in [1, 48]: M D + C + 2**(S-1) (and an ONNX graph's positive offset) stay below 2**62
 
 
@@ -70,9 +72,11 @@ def fixed_point_affine(
     bias = np.clip(bias, -reach, reach)
     target = np.abs(scale) * 2.0**frac_bits
     largest_bias = np.max(np.abs(bias).reshape(-1, scale.shape[0]), axis=0)
-    # Largest S with |M| = target * 2**S < 2**MULTIPLIER_BITS and |C| = |bias| 2**(F+S) < 2**OFFSET_LIMIT_BITS.
+    # Largest S with |M| = target * 2**S < 2**MULTIPLIER_BITS, |M D| < 2**PRODUCT_BITS and
+    # |C| = |bias| 2**(F+S) < 2**OFFSET_LIMIT_BITS.
+    multiplier_bits = min(MULTIPLIER_BITS, PRODUCT_BITS - np.ceil(np.log2(max_abs_input + 1.0)))
     with np.errstate(divide="ignore"):
-        s_m = np.floor(MULTIPLIER_BITS - np.log2(np.where(target > 0, target, 1.0)) - 1e-9)
+        s_m = np.floor(multiplier_bits - np.log2(np.where(target > 0, target, 1.0)) - 1e-9)
         s_c = np.floor(OFFSET_LIMIT_BITS - frac_bits - np.log2(np.maximum(largest_bias, 1.0)) - 1)
     shift = np.clip(np.minimum(s_m, s_c), 1, MAX_SHIFT).astype(np.int64)
     multiplier = np.round(scale * 2.0 ** (frac_bits + shift)).astype(np.int64)
