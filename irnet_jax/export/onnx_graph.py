@@ -46,6 +46,7 @@ from irnet_jax.export.stages import (
 OPSET = 13
 IR_VERSION = 8
 QONNX_DOMAIN = "qonnx.custom_op.general"
+QONNX_BATCH = 100  # ResNet-20 at batch 500 holds ~10 GB of tensors in qonnx's executor
 
 
 @dataclasses.dataclass
@@ -374,8 +375,10 @@ def run_graph(model: onnx.ModelProto, qonnx: bool, x: np.ndarray, intermediates:
 
 
 def graph_predictions(model: onnx.ModelProto, qonnx: bool, x: np.ndarray, batch: int = 500) -> np.ndarray:
-    """Argmax of the graph's logits on ``input`` ``x``, ``batch`` images at a time."""
+    """Argmax of the graph's logits on ``input`` ``x``, ``batch`` images at a time (at most
+    ``QONNX_BATCH`` for qonnx's executor, which holds every tensor of the graph at once)."""
     if qonnx:
+        batch = min(batch, QONNX_BATCH)
         run = lambda xb: run_qonnx(model, xb)["logits"]
     else:
         session = ort_session(model)
