@@ -18,7 +18,7 @@ def row(folder: pathlib.Path) -> tuple[str, list[str]]:
     m = json.loads((folder / "manifest.json").read_text())
     v, sizes, rate = m["verification"], m["size_bytes"], m.get("throughput", {})
     packed = sizes["packed_binary_weights"] + sizes["thresholds_int32"] + sizes.get("border_tables_int32", 0)
-    packed += sizes.get("fixed_point_int64", 0) + sizes["float_weights"]
+    packed += sizes.get("fixed_point_int64", 0) + sizes.get("stem_weights_int64", 0) + sizes["float_weights"]
 
     def pct(key: str) -> str:
         return f"{100 * v[key]:.2f}" if key in v else "—"

@@ -129,7 +129,12 @@ def _sizes(folded: FoldedModel) -> dict[str, int]:
         "float_weights": sum(4 * s.weights.size for s in stages if hasattr(s, "weights")),
         "thresholds_int32": sum(4 * s.threshold.size for s in binary if getattr(s, "threshold", None) is not None),
         "border_tables_int32": sum(4 * s.border.table.size for s in binary if getattr(s, "border", None) is not None),
-        "fixed_point_int64": sum(24 * s.fixed.multiplier.size for s in binary if getattr(s, "fixed", None) is not None),
+        "fixed_point_int64": sum(
+            8 * (s.fixed.multiplier.size + s.fixed.offset.size + s.fixed.shift.size)
+            for s in stages
+            if getattr(s, "fixed", None) is not None
+        ),
+        "stem_weights_int64": sum(8 * s.weights_int.size for s in stages if hasattr(s, "weights_int")),
     }
 
 
