@@ -82,6 +82,7 @@ class IntegerStemStage(_ConvGeometry, Stage):
                 (self.stride,) * 2,
                 ((self.pad, self.pad),) * 2,
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                precision=jax.lax.Precision.HIGHEST,  # exact float32 (no TF32/bfloat16 passes on a GPU/TPU)
             )
             for w in self.parts()
         ]
