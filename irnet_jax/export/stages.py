@@ -1,9 +1,10 @@
 """The stages of a folded model, one class per kind: each knows its NumPy reference, its packed JAX
 form, its manifest entry and parameter files, and its golden files.
 
-Kinds: ``binary_conv`` (XNOR-popcount, integer threshold), ``float_conv`` (a full-precision first
-layer: float32 conv, affine, sign), ``binary_dense`` (integer sums, float32 logit map) and
-``float_dense`` (a full-precision classifier on the ±1 input).
+Kinds: ``binary_conv`` (XNOR-popcount with the zero-padding correction, an integer threshold or a
+fixed-point output), ``float_conv`` (a full-precision first layer: float32 conv, affine, sign),
+``binary_dense`` (integer sums, float32 logit map) and ``float_dense`` (a full-precision classifier
+on bits or fixed-point values). The ResNets' kinds (fixed-point residual stream) are in ``residual``.
 """
 
 from __future__ import annotations
@@ -94,8 +95,9 @@ class _BinaryWeights:
 
 @dataclasses.dataclass(kw_only=True)
 class _ConvGeometry:
-    """(With ``Stage.in_shape``) a conv's window, its padding, and a 2x2 max-pool ``"sums"`` (before the threshold), ``"bits"``
-    (after it: an OR of +1 bits) or ``"none"``; ``ceil_pool``: a partial window at an odd edge is kept."""
+    """(With ``Stage.in_shape``) a conv's window, its padding, and a 2x2 max-pool ``"sums"`` (before the
+    threshold), ``"bits"`` (after it: an OR of +1 bits) or ``"none"``; ``ceil_pool``: a partial window at
+    an odd edge is kept."""
 
     kernel_size: int
     stride: int = 1
