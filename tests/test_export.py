@@ -314,7 +314,7 @@ def test_a_corrupted_graph_is_caught_by_the_tensor_check():
     assert "L1_sum" in onnx_graph.mismatched_tensors(onnx_graph.run_graph(model, False, x, True), folded, trace)
 
 
-@pytest.mark.parametrize("case", [0, 2, 5, 6])
+@pytest.mark.parametrize("case", [0, 1, 2, 5, 6])
 def test_finn_frontend_steps_run_and_keep_the_predictions(case):
     """qonnx's cleanup, shape/datatype inference, weight folding, conv lowering and the XNOR-popcount
     conversion all run on the QONNX graph, and after each the predictions are the engine's."""
