@@ -434,6 +434,17 @@ def test_rtl_testbench_passes_at_the_border_and_after_pooling_and_catches_corrup
         assert "FAIL 1" in bad, (golden, bad)
 
 
+def train_and_export(config, tmp_path, *flags: str):
+    """Train ``config`` into ``tmp_path/run``, export it with the command (``flags`` added) into
+    ``tmp_path/export``; ``(export folder, manifest)``, the command having exited 0."""
+    workdir, out = tmp_path / "run", tmp_path / "export"
+    trainer.train_and_evaluate(config, str(workdir))
+    command = [sys.executable, "-m", "irnet_jax.export", f"--checkpoint={workdir}", f"--out={out}", *flags]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, json.loads((out / "manifest.json").read_text())
+
+
 def test_export_command_on_a_briefly_trained_resnet20(tfds_dir, tmp_path):
     """IR-Net's ResNet-20 (official recipe) trained 16 steps on real CIFAR-10, exported with the
     command: the fixed-point stream's predictions agree with the float model's, the ONNX and QONNX
@@ -443,13 +454,7 @@ def test_export_command_on_a_briefly_trained_resnet20(tfds_dir, tmp_path):
     config = irnet_resnet20_1w1a_cifar10.get_config()
     config.data_dir, config.train_size, config.num_epochs, config.batch_size = tfds_dir, 2048, 1, 128
     config.eval_batch_size, config.log_every_steps = 500, 8
-    workdir, out = tmp_path / "run", tmp_path / "export"
-    trainer.train_and_evaluate(config, str(workdir))
-    command = [sys.executable, "-m", "irnet_jax.export", f"--checkpoint={workdir}", f"--out={out}"]
-    command += ["--num_images=1", "--verify=500", f"--data_dir={tfds_dir}"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    manifest = json.loads((out / "manifest.json").read_text())
+    out, manifest = train_and_export(config, tmp_path, "--num_images=1", "--verify=500", f"--data_dir={tfds_dir}")
     v = manifest["verification"]
     # 16 steps leave near-ties everywhere (~17% accuracy): the agreement goal is measured on trained
     # models (BENCHMARKS.md); here the stream must still follow the model on most images.
@@ -473,13 +478,7 @@ def test_export_command_on_a_trained_mnist_net(config_name, tfds_dir, tmp_path):
     config = importlib.import_module(f"configs.{config_name}").get_config()
     config.data_dir, config.train_size, config.num_epochs, config.warmup_epochs = tfds_dir, 4096, 1, 0.0
     config.eval_batch_size, config.log_every_steps = 1000, 20
-    workdir, out = tmp_path / "run", tmp_path / "export"
-    trainer.train_and_evaluate(config, str(workdir))
-    command = [sys.executable, "-m", "irnet_jax.export", f"--checkpoint={workdir}", f"--out={out}"]
-    command += ["--num_images=2", "--verify=10000", f"--data_dir={tfds_dir}"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    manifest = json.loads((out / "manifest.json").read_text())
+    out, manifest = train_and_export(config, tmp_path, "--num_images=2", "--verify=10000", f"--data_dir={tfds_dir}")
     v = manifest["verification"]
     assert v["images"] == 10000 and v["engine_equals_model"] == 1.0, v
     assert v["engine_test_accuracy"] == v["model_test_accuracy"] > 0.5  # 40 steps reach ~0.70

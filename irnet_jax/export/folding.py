@@ -31,7 +31,7 @@ from flax import nnx
 from irnet_jax import binarization as bz
 from irnet_jax import data as data_lib
 from irnet_jax.errors import UserError
-from irnet_jax.export.border import border_correction
+from irnet_jax.export.border import BorderCorrection, border_correction
 from irnet_jax.export.fixed_point import DEFAULT_FRAC_BITS, fixed_point_affine
 from irnet_jax.export.residual import HeadStage, ResidualConvStage, stem_stage
 from irnet_jax.export.stages import (
@@ -95,6 +95,15 @@ def binary_weight_bits(layer, ede: bz.EstimatorParams) -> tuple[np.ndarray, np.n
     return (wq > 0).astype(np.uint8), s  # Qw = s * (2 bits - 1), also for a negative learned scale
 
 
+def binary_conv_weights(conv, in_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, BorderCorrection | None]:
+    """A binary conv's weight bits and scale (``binary_weight_bits``) and, for zero padding, its
+    border correction table on an ``in_shape`` input."""
+    bits, scale = binary_weight_bits(conv, bz.EstimatorParams.constant())
+    if conv.pad_value != "zero" or conv.padding == 0:
+        return bits, scale, None
+    return bits, scale, border_correction(bits, in_shape[:2], conv.kernel_size, conv.strides, conv.padding)
+
+
 def fold_conv(
     spec: ConvStage, in_shape: tuple[int, int, int], first: bool, fixed_output: bool, frac_bits: int
 ) -> Stage:
@@ -113,10 +122,7 @@ def fold_conv(
         ceil_pool=spec.ceil_mode,
     )
     if conv.is_binary:
-        bits, scale = binary_weight_bits(conv, bz.EstimatorParams.constant())
-        border = None
-        if conv.pad_value == "zero" and conv.padding > 0:
-            border = border_correction(bits, in_shape[:2], conv.kernel_size, conv.strides, conv.padding)
+        bits, scale, border = binary_conv_weights(conv, in_shape)
         if fixed_output:
             fixed = fixed_point_affine(a * scale, b, bits.shape[1], frac_bits)
             return BinaryConvStage(**geometry, pad_bit=conv.pad_value, weight_bits=bits, border=border, fixed=fixed)
@@ -153,10 +159,7 @@ def residual_conv(spec, in_shape: tuple[int, int, int], frac_bits: int) -> Resid
     if not conv.is_binary or isinstance(conv, ShiftBinaryConv):
         raise ExportError("every conv of a residual block must be 1w1a (not 1w32a, not a shift conv) to export")
     a, b = norm_affine(spec.norm, conv.out_features)
-    bits, scale = binary_weight_bits(conv, bz.EstimatorParams.constant())
-    border = None
-    if conv.pad_value == "zero" and conv.padding > 0:
-        border = border_correction(bits, in_shape[:2], conv.kernel_size, conv.strides, conv.padding)
+    bits, scale, border = binary_conv_weights(conv, in_shape)
     return ResidualConvStage(
         in_shape=in_shape,
         kernel_size=conv.kernel_size,

@@ -225,8 +225,7 @@ def integer_stem(g: GraphBuilder, x: str, stage: IntegerStemStage, i: int) -> st
         y = conv(g, x, g.const(np.ascontiguousarray(w.transpose(3, 2, 0, 1)), f"L{i}_weights_{name}"), stage, stage.pad)
         parts.append(g.op("Cast", [y], to=TensorProto.INT64))
     y = g.op("Add", [g.op("Mul", [parts[0], g.const(np.int64(1 << stage.part_bits), "part")]), parts[1]])
-    max_abs_y = 255.0 * np.max(np.abs(stage.weights_int).reshape(-1, stage.weights_int.shape[-1]).sum(0))
-    return to_value(g, fixed_point_int64(g, y, stage.fixed, max_abs_y), stage.fixed.frac_bits)
+    return to_value(g, fixed_point_int64(g, y, stage.fixed, stage.max_abs_sum()), stage.fixed.frac_bits)
 
 
 def head(g: GraphBuilder, v: str, stage: HeadStage, i: int) -> str:

@@ -182,11 +182,13 @@ def build_graphs(folded: FoldedModel, formats: tuple[str, ...]) -> dict[str, Any
 
 def save_graphs(graphs: dict[str, Any], out: str) -> tuple[dict[str, str], dict[str, int]]:
     """Save the graphs into ``out``: ``({format: file name}, {file name: bytes})``."""
+    if not graphs:
+        return {}, {}
+    import onnx
+
     os.makedirs(out, exist_ok=True)
     names, sizes = {}, {}
     for name, model in graphs.items():
-        import onnx
-
         path = os.path.join(out, GRAPH_FILES[name])
         onnx.save(model, path)
         names[name], sizes[GRAPH_FILES[name]] = GRAPH_FILES[name], os.path.getsize(path)

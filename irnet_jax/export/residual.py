@@ -47,6 +47,11 @@ def stem_part_bits(fan_in: int) -> int:
     return int(np.floor(np.log2((FLOAT32_EXACT - 1) / (255 * fan_in))))
 
 
+def max_abs_stem_sum(weights_int: np.ndarray) -> float:
+    """``255 max_o sum |Wq[..., o]|`` of HWIO integer weights (uint8 pixels)."""
+    return 255.0 * float(np.max(np.abs(weights_int).reshape(-1, weights_int.shape[-1]).sum(0)))
+
+
 def stream_shortcut(q, shortcut: str, stride: int, pad_channels: int, xp=np):
     """The identity, or option A: every ``stride``-th row and column, ``pad_channels`` zero channels
     split evenly on both sides (``[N, H, W, C] -> [N, H/stride, W/stride, C + pad_channels]``)."""
@@ -67,6 +72,10 @@ class IntegerStemStage(_ConvGeometry, Stage):
     weight_frac_bits: int  # G
     part_bits: int  # P
     fixed: FixedPointAffine
+
+    def max_abs_sum(self) -> float:
+        """The largest ``|Y|`` the integer conv can reach on uint8 pixels: ``255 max_o sum |Wq[., o]|``."""
+        return max_abs_stem_sum(self.weights_int)
 
     def parts(self) -> tuple[np.ndarray, np.ndarray]:
         """``(Wq_hi, Wq_lo)`` as float32 HWIO, ``Wq = Wq_hi 2**P + Wq_lo``, ``0 <= Wq_lo < 2**P``."""
@@ -230,8 +239,7 @@ def stem_stage(
     wq, g = quantize_stem_weights(weights.astype(np.float64) * alpha[None, None, :, None], part_bits)
     a, b = affine
     bias = a * stem_position_bias(weights.astype(np.float64), beta, in_shape[:2], stride, pad) + b
-    max_abs_y = 255.0 * np.max(np.abs(wq).reshape(-1, wq.shape[-1]).sum(0))
-    fixed = fixed_point_affine(a * 2.0**-g, bias, max_abs_y, frac_bits)
+    fixed = fixed_point_affine(a * 2.0**-g, bias, max_abs_stem_sum(wq), frac_bits)
     return IntegerStemStage(
         in_shape=in_shape,
         kernel_size=k,
