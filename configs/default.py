@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.shift_learn_second_scale = False  # a learnable (IE-Net) instead of fixed
     config.shift_second_scale = 1.0  # a (or its initial value)
     config.last_layer_output_scale = "learned"  # binary last layer: "learned", "fixed" 1/sqrt(K), "none"
+    # Bi-Real ResNets: > 0 = an int32 fixed-point residual stream with this many fractional bits, computed
+    # in integers in eval mode (bit-exact export) and rounded to that grid in training; 0 = float.
+    config.residual_frac_bits = 0
     config.input_encoding = "none"  # "thermometer" or "bitplanes": uint8 image -> +-1 planes
     config.encoding_levels = 8  # thermometer levels / bit-planes per colour channel
     config.model_kwargs = ml_collections.ConfigDict()  # the model's own keywords, e.g. block="basic"

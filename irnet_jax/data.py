@@ -46,6 +46,7 @@ DATASETS: dict[str, DatasetInfo] = {
 # ``config.normalization``: "dataset" = the dataset's own mean/std (DatasetInfo), "imagenet" = ImageNet's
 # RGB statistics, as the official IR-Net code uses for CIFAR-10 (3-channel datasets only).
 NORMALIZATIONS = ("dataset", "imagenet")
+PIXELS = "pixels"  # no normalization: the pixel values as floats (a model that normalizes itself)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -147,7 +148,10 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def normalize(images_u8: Array, info: DatasetInfo, dtype=jnp.float32, normalization: str = "dataset") -> Array:
-    """``(x / 255 - mean) / std`` per channel (``normalization_stats``). ``[B, H, W, C] uint8 -> [B, H, W, C] dtype``."""
+    """``(x / 255 - mean) / std`` per channel (``normalization_stats``), or ``x`` itself (``PIXELS``).
+    ``[B, H, W, C] uint8 -> [B, H, W, C] dtype``."""
+    if normalization == PIXELS:
+        return images_u8.astype(dtype)  # 0..255: exact in bfloat16 too
     mean, std = normalization_stats(info, normalization)
     x = images_u8.astype(jnp.float32) / 255.0
     x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

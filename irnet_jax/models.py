@@ -22,12 +22,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from irnet_jax import fixed_stream
 from irnet_jax.binarization import EstimatorParams
 from irnet_jax.layers import (
     BinaryConv,
     BinaryDense,
     ShiftBinaryConv,
     batch_norm,
+    eval_affine,
     hardtanh,
     materialize,
     max_pool,
@@ -81,6 +83,12 @@ class Quantization:
     ``shift_conv`` (2-base activations), and IE-Net's ``weight_scale="learned"`` and
     ``activation_std_norm``. ``materialize_residuals`` stores the residual stream of the ResNets once
     per block (``layers.materialize``: an XLA:CPU speed-up, values unchanged).
+
+    ``residual_frac_bits = F > 0`` (Bi-Real ResNets only): the residual stream is int32 fixed point
+    with ``F`` fractional bits (``fixed_stream``): computed in integers in eval mode, rounded to that
+    grid with a straight-through gradient in training. Such a model takes pixel values (float,
+    0..255) and normalizes them itself with ``pixel_mean`` / ``pixel_std`` (in [0, 1] units), so that
+    its stem is an integer conv of the pixels.
     """
 
     binary: bool = True
@@ -98,6 +106,9 @@ class Quantization:
     last_layer_output_scale: str = "learned"
     dtype: Any = jnp.float32
     materialize_residuals: bool = False
+    residual_frac_bits: int = 0
+    pixel_mean: tuple[float, ...] = ()
+    pixel_std: tuple[float, ...] = ()
 
     def _layer_options(self, on: bool) -> dict[str, Any]:
         return dict(
@@ -336,15 +347,42 @@ class BiRealBlock(nnx.Module):
         self.shortcut = Shortcut(c_in, c_out, stride, shortcut, q, rngs)
         self.materialize = q.materialize_residuals
 
-    def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
-        y = materialize(hardtanh(self.bn1(self.conv1(x, ede)) + self.shortcut(x)), self.materialize)
-        return materialize(hardtanh(self.bn2(self.conv2(y, ede)) + y), self.materialize)
+    def __call__(self, x: Array, ede: EstimatorParams | None = None, frac_bits: int = 0) -> Array:
+        """Float stream ``x``; with ``frac_bits`` each output is rounded to ``2**-frac_bits`` (``ste_round``)."""
+        grid = (lambda v: fixed_stream.ste_round(v, frac_bits)) if frac_bits else (lambda v: v)
+        y = materialize(grid(hardtanh(self.bn1(self.conv1(x, ede)) + self.shortcut(x))), self.materialize)
+        return materialize(grid(hardtanh(self.bn2(self.conv2(y, ede)) + y)), self.materialize)
+
+    def fixed_point_requantizers(self, frac_bits: int) -> tuple[fixed_stream.Requantizer, fixed_stream.Requantizer]:
+        """The ``(M, C, S)`` of conv1 and conv2 (eval-mode norms)."""
+        return tuple(
+            _conv_requantizer(conv, norm, frac_bits) for conv, norm in ((self.conv1, self.bn1), (self.conv2, self.bn2))
+        )
+
+    def fixed_point(self, q: Array, frac_bits: int) -> tuple[Array, Array]:
+        """The int32 stream ``q`` through both convs (``fixed_stream``): ``(y, out)``."""
+        r1, r2 = self.fixed_point_requantizers(frac_bits)
+        y = _residual_step(self.conv1, r1, q, self.shortcut(q), frac_bits)
+        return y, _residual_step(self.conv2, r2, y, y, frac_bits)
+
+
+def _conv_requantizer(conv: BinaryConv, norm: nnx.Module, frac_bits: int) -> fixed_stream.Requantizer:
+    a, b = eval_affine(norm)
+    _, scale = conv.weight_signs_and_scale()
+    return fixed_stream.requantizer(a * scale, b, conv.fan_in, frac_bits)
+
+
+def _residual_step(conv: BinaryConv, r: fixed_stream.Requantizer, q: Array, shortcut: Array, frac_bits: int) -> Array:
+    """``clamp(clamp(requantize(D), +-2**(F+1)) + shortcut, +-2**F)`` of the bits of ``q``."""
+    d = conv.integer_sums(q)
+    t = fixed_stream.requantize(d, r, 2 << frac_bits)
+    return jnp.clip(t + shortcut, -(1 << frac_bits), 1 << frac_bits)
 
 
 class BasicBlock(BiRealBlock):
     """The standard two-conv basic block: ``out = ht(BN(conv2(ht(BN(conv1(x))))) + S(x))``."""
 
-    def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
+    def __call__(self, x: Array, ede: EstimatorParams | None = None, frac_bits: int = 0) -> Array:
         y = hardtanh(self.bn1(self.conv1(x, ede)))
         return materialize(hardtanh(self.bn2(self.conv2(y, ede)) + self.shortcut(x)), self.materialize)
 
@@ -384,6 +422,11 @@ class CifarResNet(nnx.Module):
         self.head_bn = q.norm_layer(c_in, rngs) if bn_before_fc else None
         self.fc = q.last_dense(c_in, num_classes, rngs=rngs)
         self.materialize = q.materialize_residuals
+        self.frac_bits = q.residual_frac_bits
+        if self.frac_bits:
+            _check_fixed_point_stream(self, q, block, shortcut, c)
+        self.pixel_mean, self.pixel_std = tuple(q.pixel_mean), tuple(q.pixel_std)
+        self.input_hw = tuple(input_shape[:2])
 
     def export_residual_stages(self) -> tuple[ConvStage, list[ResidualStage], nnx.Module | None, BinaryDense]:
         """The stem, one ``ResidualStage`` per binary conv, the norm before the classifier and the
@@ -400,13 +443,80 @@ class CifarResNet(nnx.Module):
         return ConvStage(self.stem, self.stem_bn), stages, self.head_bn, self.fc
 
     def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
-        x = materialize(hardtanh(self.stem_bn(self.stem(x, ede))), self.materialize)
+        if self.frac_bits and self.stem_bn.use_running_average:
+            return self.fixed_point_head(self.fixed_point_stream(x)[-1])
+        if self.frac_bits:  # pixels in; the stream rounded to its grid (straight-through)
+            x = self.normalize_pixels(x)
+        x = hardtanh(self.stem_bn(self.stem(x, ede)))
+        x = materialize(fixed_stream.ste_round(x, self.frac_bits) if self.frac_bits else x, self.materialize)
         for blk in self.blocks:
-            x = blk(x, ede)
+            x = blk(x, ede, self.frac_bits)
         x = jnp.mean(x, axis=(1, 2))
         if self.head_bn is not None:
             x = self.head_bn(x)
         return self.fc(x, ede)
+
+    def normalize_pixels(self, pixels: Array) -> Array:
+        """``(p / 255 - mean) / std`` per channel, as ``data.normalize``, in the stem's dtype."""
+        x = pixels.astype(jnp.float32) / 255.0
+        x = (x - jnp.asarray(self.pixel_mean, jnp.float32)) / jnp.asarray(self.pixel_std, jnp.float32)
+        return x.astype(self.stem.dtype)
+
+    def stem_integers(self) -> tuple[Array, fixed_stream.Requantizer]:
+        """The integer stem ``(Wq, requantizer)`` of the eval-mode parameters (``fixed_stream``)."""
+        a, b = eval_affine(self.stem_bn)
+        s = self.stem
+        return fixed_stream.stem_integers(
+            s.kernel[...], a, b, self.pixel_mean, self.pixel_std, self.input_hw, s.strides, s.padding, self.frac_bits
+        )
+
+    def fixed_point_requantizers(self) -> list[fixed_stream.Requantizer]:
+        """The ``(M, C, S)`` of every binary conv, in order (``export_residual_stages``'s)."""
+        return [r for blk in self.blocks for r in blk.fixed_point_requantizers(self.frac_bits)]
+
+    def fixed_point_stream(self, pixels: Array) -> list[Array]:
+        """Eval mode, ``residual_frac_bits = F``: the int32 stream ``[B, H, W, C]`` after the stem and
+        after every binary conv (``fixed_stream``), of pixels ``[B, H, W, C]`` (float, 0..255)."""
+        wq, r = self.stem_integers()
+        y = fixed_stream.stem_sums(pixels, wq, self.stem.strides, self.stem.padding)
+        stream = [fixed_stream.requantize(y, r, 1 << self.frac_bits)]
+        for blk in self.blocks:
+            stream += list(blk.fixed_point(stream[-1], self.frac_bits))
+        return stream
+
+    def fixed_point_head(self, q: Array) -> Array:
+        """``v = float32(sum_hw q) float32(2**-F / (H W))``, ``v A + B`` (head norm), ``v @ W + b``."""
+        h, w = q.shape[1:3]
+        v = jnp.sum(q, axis=(1, 2)).astype(jnp.float32) * jnp.float32(2.0**-self.frac_bits / (h * w))
+        if self.head_bn is not None:
+            a, b = eval_affine(self.head_bn)
+            v = v * a + b
+        return v @ self.fc.kernel[...].astype(jnp.float32) + self.fc.bias[...].astype(jnp.float32)
+
+
+def _check_fixed_point_stream(model: CifarResNet, q: Quantization, block: str, shortcut: str, channels: int) -> None:
+    """``ValueError`` unless ``residual_frac_bits`` can apply: Bi-Real blocks, option-A shortcuts, a float
+    stem and classifier, 1w1a convs (no shift convs), pixel statistics for every channel."""
+    lo, hi = fixed_stream.FRAC_BITS_RANGE
+    if not lo <= q.residual_frac_bits <= hi:
+        raise ValueError(
+            f"residual_frac_bits={q.residual_frac_bits} is not allowed: must be 0 (off) or in [{lo}, {hi}]"
+        )
+    problems = [
+        (block != "bireal", f"block={block!r} (needs 'bireal')"),
+        (shortcut != "A", f"option-{shortcut} shortcuts (needs option A)"),
+        (not q.binary or not q.binarize_activations, "a model that is not 1w1a"),
+        (q.binary_first_layer or q.binary_last_layer, "a binary first or last layer"),
+        (q.shift_conv, "shift convs"),
+        (q.norm == "offset", "norm='offset' (needs a BatchNorm, whose eval mode selects the integer stream)"),
+        (
+            len(q.pixel_mean) != channels or len(q.pixel_std) != channels,
+            f"pixel_mean/pixel_std of {channels} channel(s)",
+        ),
+    ]
+    bad = [what for failed, what in problems if failed]
+    if bad:
+        raise ValueError(f"residual_frac_bits > 0 does not apply to {', '.join(bad)}")
 
 
 @register_model("resnet20")

@@ -21,7 +21,7 @@ from irnet_jax import binarization as bz
 from irnet_jax import data as data_lib
 from irnet_jax import mesh as mesh_lib
 from irnet_jax import runtime
-from irnet_jax.train_state import TrainState, compute_dtype
+from irnet_jax.train_state import TrainState, compute_dtype, input_normalization
 
 Array = jax.Array
 
@@ -62,7 +62,7 @@ def _train_step_fn(
             config.encoding_levels,
             config.augment,
             config.crop_padding,
-            config.normalization,
+            input_normalization(config),
         )
 
         def loss_fn(params, batch_stats):
@@ -153,7 +153,13 @@ def make_eval_step(graphdef_eval: nnx.GraphDef, config: ml_collections.ConfigDic
     def eval_step(params, batch_stats, images, labels, idx, mask):
         x = jax.lax.with_sharding_constraint(images[idx], batch_sharding)
         x = data_lib.preprocess(
-            x, info, None, dtype, config.input_encoding, config.encoding_levels, normalization=config.normalization
+            x,
+            info,
+            None,
+            dtype,
+            config.input_encoding,
+            config.encoding_levels,
+            normalization=input_normalization(config),
         )
         y = labels[idx]
         logits = nnx.merge(graphdef_eval, params, batch_stats, copy=True)(x).astype(jnp.float32)

@@ -52,8 +52,16 @@ def compute_dtype(config: ml_collections.ConfigDict):
 
 # Model options read from config fields of the same name (the rest of ``models.Quantization`` is derived).
 QUANTIZATION_FIELDS = tuple(
-    f.name for f in dataclasses.fields(models.Quantization) if f.name not in ("dtype", "materialize_residuals")
+    f.name
+    for f in dataclasses.fields(models.Quantization)
+    if f.name not in ("dtype", "materialize_residuals", "pixel_mean", "pixel_std")
 )
+
+
+def input_normalization(config: ml_collections.ConfigDict) -> str:
+    """What the data pipeline hands the model: ``"pixels"`` (0..255 floats: a model with a fixed-point
+    residual stream normalizes them itself) or ``config.normalization``."""
+    return data_lib.PIXELS if config.get("residual_frac_bits", 0) else config.normalization
 
 
 def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -66,6 +74,8 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module
     """The configured model for the configured dataset (errors list valid model/dataset names)."""
     info = data_lib.get_dataset_info(config.dataset)
     options = {name: config[name] for name in QUANTIZATION_FIELDS}
+    if config.residual_frac_bits:
+        options["pixel_mean"], options["pixel_std"] = data_lib.normalization_stats(info, config.normalization)
     return models.create_model(
         config.model,
         input_shape=model_input_shape(config),

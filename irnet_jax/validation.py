@@ -58,6 +58,7 @@ RULES: dict[str, Rule] = {
     "keep_checkpoints": Rule(int, 1),
     "cpu_devices": Rule(int, 0, runtime.MAX_CPU_DEVICES),
     "seed": Rule(int, 0),
+    "residual_frac_bits": Rule(int, 0, 22),
 }
 
 

@@ -467,6 +467,33 @@ def test_export_command_on_a_briefly_trained_resnet20(tfds_dir, tmp_path):
     assert manifest["layers"][7]["shortcut"] == "A" and "residual_stream" in manifest["format"]
 
 
+def test_resnet20_trained_with_a_fixed_point_stream_exports_bit_exactly(tfds_dir, tmp_path):
+    """``residual_frac_bits=16``: the model computes the int32 stream itself in eval mode, so its export
+    equals it on every image and every stream tensor, bit for bit (not only within rounding)."""
+    from configs import irnet_resnet20_1w1a_cifar10
+
+    config = irnet_resnet20_1w1a_cifar10.get_config()
+    config.data_dir, config.train_size, config.num_epochs, config.batch_size = tfds_dir, 2048, 1, 128
+    config.eval_batch_size, config.log_every_steps, config.residual_frac_bits = 500, 8, 16
+    out, manifest = train_and_export(config, tmp_path, "--num_images=1", "--verify=500", f"--data_dir={tfds_dir}")
+    v = manifest["verification"]
+    assert v["images"] == 500 and v["engine_equals_model"] == 1.0, v
+    assert v["model_stream_tensors_equal"] == 1.0 and v["model_stream_images"] == 500, v
+    for fmt in ("onnx", "qonnx"):
+        assert v[f"{fmt}_equals_engine"] == 1.0 and v[f"{fmt}_tensors_differing_from_golden"] == [], v
+    assert manifest["layers"][1]["fixed_point"]["frac_bits"] == 16
+    refused = subprocess.run(
+        [sys.executable, "-m", "irnet_jax.export", f"--checkpoint={tmp_path / 'run'}", f"--out={tmp_path / 'e2'}"]
+        + ["--frac_bits=22", "--formats=", f"--data_dir={tfds_dir}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert refused.returncode == 2 and "residual_frac_bits=16" in refused.stderr, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr and not (tmp_path / "e2").exists()
+
+
 @pytest.mark.parametrize("config_name", ["mnistnet_mnist", "fully_binary_mnistnet_mnist"])
 def test_export_command_on_a_trained_mnist_net(config_name, tfds_dir, tmp_path):
     """Train an MNIST net briefly on real data (the paper's setting: zero padding, float first and last

@@ -169,3 +169,87 @@ def test_materialized_residual_stream_is_not_recomputed(block):
     if jax.default_backend() == "cpu":
         assert worst[False] >= 3, worst
     np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-5)
+
+
+STATS = dict(pixel_mean=(0.49, 0.48, 0.45), pixel_std=(0.25, 0.24, 0.26))
+
+
+def _fixed_point_resnet20(frac_bits: int = 16, **options):
+    return models.create_model(
+        "resnet20",
+        input_shape=(32, 32, 3),
+        num_classes=10,
+        rngs=nnx.Rngs(0),
+        residual_frac_bits=frac_bits,
+        **STATS,
+        **options,
+    )
+
+
+def test_fixed_point_stream_follows_the_float_model_and_trains():
+    """``residual_frac_bits``: training rounds the stream to 2**-F (straight through: gradients flow),
+    eval mode computes it in int32; the stem's integer output is within a few units of the float
+    model's on the same parameters, and each block's integer step within rounding of the float one."""
+    from irnet_jax import fixed_stream
+    from irnet_jax.layers import hardtanh
+
+    model = _fixed_point_resnet20()
+    pixels = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)), jnp.float32)
+    grads = nnx.grad(lambda m: jnp.mean(m(pixels) ** 2))(model)
+    assert float(jnp.abs(grads["stem"]["kernel"][...]).sum()) > 0
+    model.eval()
+    stream = model.fixed_point_stream(pixels)
+    assert all(s.dtype == jnp.int32 and int(jnp.abs(s).max()) <= 2**16 for s in stream)
+    assert len(stream) == 1 + 2 * len(model.blocks)
+    float_stem = hardtanh(model.stem_bn(model.stem(model.normalize_pixels(pixels))))
+    assert float(jnp.abs(stream[0] / 2**16 - float_stem).max()) < 2e-4
+    x = stream[0] / 2**16
+    blk = model.blocks[0]
+    float_step = hardtanh(blk.bn1(blk.conv1(x)) + blk.shortcut(x))
+    assert float(jnp.abs(stream[1] / 2**16 - float_step).max()) < 2e-4
+    assert model(pixels).shape == (8, 10)
+    # The straight-through rounding itself: forward on the grid, gradient 1.
+    v = jnp.asarray([0.1, -0.3337, 0.99999])
+    assert np.allclose(fixed_stream.ste_round(v, 4) * 16, np.round(np.asarray(v) * 16))
+    assert np.allclose(jax.grad(lambda u: fixed_stream.ste_round(u, 4).sum())(v), 1.0)
+
+
+def test_fixed_point_requantizer_stays_inside_int32():
+    """Extreme scales and biases (huge, tiny, zero, negative): every int32 intermediate of the
+    requantization equals the same formula in int64, for every D in [-K, K]."""
+    from irnet_jax import fixed_stream
+
+    fan_in = 576
+    scale = jnp.asarray([1e6, 1e-9, 0.0, -0.04, 0.04, 3.0, -250.0], jnp.float32)
+    bias = jnp.asarray([5.0, -1e9, 0.3, 7.5, -0.01, 1e4, 0.0], jnp.float32)
+    r = fixed_stream.requantizer(scale, bias, fan_in, 22)
+    m, c, s = (np.asarray(v, np.int64) for v in r)
+    assert np.all(np.abs(m) * fan_in < 2**30) and np.all(np.abs(c) < 2**29) and np.all((s >= 1) & (s <= 28))
+    d = np.arange(-fan_in, fan_in + 1)[:, None] * np.ones((1, len(m)), np.int64)
+    exact = np.clip((d * m + c + (1 << (s - 1))) >> s, -(2 << 22), 2 << 22)
+    np.testing.assert_array_equal(np.asarray(fixed_stream.requantize(jnp.asarray(d, jnp.int32), r, 2 << 22)), exact)
+    # Where no bound binds, q is within one unit of 2**F clamp(scale D + bias) at F = 16 (|M| K < 2**30
+    # leaves M about 21 bits: a larger F adds no precision, see fixed_stream).
+    m, c, s = (np.asarray(v, np.int64) for v in fixed_stream.requantizer(scale[3:5], bias[3:5], fan_in, 16))
+    q = np.clip((d[:, :2] * m + c + (1 << (s - 1))) >> s, -(2 << 16), 2 << 16)
+    ideal = np.clip(np.asarray(scale, np.float64)[3:5] * d[:, :2] + np.asarray(bias, np.float64)[3:5], -2, 2)
+    assert np.abs(q - ideal * 2**16).max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"block": "basic"}, "block='basic'"),
+        ({"binary_first_layer": True}, "a binary first or last layer"),
+        ({"norm": "offset"}, "norm='offset'"),
+        ({"frac_bits": 30}, "must be 0 (off) or in [1, 22]"),
+    ],
+)
+def test_fixed_point_stream_refuses_what_it_cannot_compute(options, message):
+    frac_bits = options.pop("frac_bits", 16)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _fixed_point_resnet20(frac_bits, **options)
+    with pytest.raises(ValueError, match="option-B shortcuts"):
+        models.create_model(
+            "resnet18", input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0), residual_frac_bits=16, **STATS
+        )

@@ -20,7 +20,10 @@ flags.DEFINE_string("data_dir", "", "TFDS data dir (default: the run's, else $TF
 flags.DEFINE_integer("bench_batch", 0, "If > 0: also time the engine, the float model and each graph at this batch.")
 flags.DEFINE_string("formats", "onnx,qonnx", "Graphs to write and verify: onnx, qonnx (comma-separated; '' for none).")
 flags.DEFINE_integer(
-    "frac_bits", 22, "Fractional bits of the fixed-point values (a float classifier's input, a ResNet's stream; 1..23)."
+    "frac_bits",
+    0,
+    "Fractional bits of the fixed-point values (a float classifier's input, a ResNet's stream; 1..23); "
+    "0: the model's residual_frac_bits if it was trained with one, else 22.",
 )
 flags.mark_flags_as_required(["checkpoint", "out"])
 

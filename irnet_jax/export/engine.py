@@ -16,6 +16,7 @@ from irnet_jax import encoding
 from irnet_jax.export.folding import ExportError
 from irnet_jax.export.stages import BinaryConvStage, FoldedModel
 from irnet_jax.timing import median_seconds
+from irnet_jax.train_state import input_normalization
 
 
 def first_layer_input(images_u8: np.ndarray, folded: FoldedModel) -> np.ndarray:
@@ -82,7 +83,7 @@ def float_forward(model: nnx.Module, config: ml_collections.ConfigDict) -> Calla
     def forward(state, images_u8):
         encoding, levels = config.input_encoding, config.encoding_levels
         x = data_lib.preprocess(
-            images_u8, info, None, jnp.float32, encoding, levels, normalization=config.normalization
+            images_u8, info, None, jnp.float32, encoding, levels, normalization=input_normalization(config)
         )
         return nnx.merge(graphdef, state, copy=True)(x)
 
@@ -99,6 +100,20 @@ def model_predictions(
         for i in range(0, len(images_u8), batch)
     ]
     return np.concatenate(out)
+
+
+def stream_equal_layers(model: nnx.Module, folded: FoldedModel, images_u8: np.ndarray, batch: int = 100) -> float:
+    """A ResNet trained with ``residual_frac_bits``: the fraction of (image, stream tensor) pairs where
+    the model's own eval-mode int32 stream equals the NumPy reference's, bit for bit."""
+    stream = jax.jit(lambda m, x: m.fixed_point_stream(x))
+    equal, total = 0, 0
+    for i in range(0, len(images_u8), batch):
+        x = images_u8[i : i + batch]
+        _, trace = run_numpy(folded, x, trace=True)
+        for ours, record in zip(stream(model, jnp.asarray(x, jnp.float32)), trace):
+            same = np.all(np.asarray(ours) == record["output"], axis=(1, 2, 3))
+            equal, total = equal + int(same.sum()), total + len(same)
+    return equal / total
 
 
 def engine_predictions(folded: FoldedModel, images_u8: np.ndarray, batch: int = 250) -> np.ndarray:

@@ -30,10 +30,11 @@ from flax import nnx
 
 from irnet_jax import binarization as bz
 from irnet_jax import data as data_lib
+from irnet_jax import fixed_stream
 from irnet_jax.errors import UserError
 from irnet_jax.export.border import BorderCorrection, border_correction
-from irnet_jax.export.fixed_point import DEFAULT_FRAC_BITS, fixed_point_affine
-from irnet_jax.export.residual import HeadStage, ResidualConvStage, stem_stage
+from irnet_jax.export.fixed_point import DEFAULT_FRAC_BITS, FixedPointAffine, fixed_point_affine
+from irnet_jax.export.residual import HeadStage, IntegerStemStage, ResidualConvStage, stem_stage
 from irnet_jax.export.stages import (
     BinaryConvStage,
     BinaryDenseStage,
@@ -42,7 +43,7 @@ from irnet_jax.export.stages import (
     FoldedModel,
     Stage,
 )
-from irnet_jax.layers import Offset, ShiftBinaryConv
+from irnet_jax.layers import Offset, ShiftBinaryConv, eval_affine
 from irnet_jax.models import ConvStage
 from irnet_jax.train_state import model_input_shape
 
@@ -153,8 +154,11 @@ def fold_classifier(fc, in_features: int, input_frac_bits: int | None) -> Stage:
     raise ExportError("the last layer must be fully binary or full precision to export")
 
 
-def residual_conv(spec, in_shape: tuple[int, int, int], frac_bits: int) -> ResidualConvStage:
-    """One binary conv of a Bi-Real block (``models.ResidualStage``) on the fixed-point stream."""
+def residual_conv(
+    spec, in_shape: tuple[int, int, int], frac_bits: int, fixed: FixedPointAffine | None = None
+) -> ResidualConvStage:
+    """One binary conv of a Bi-Real block (``models.ResidualStage``) on the fixed-point stream; its
+    norm as ``fixed`` (a model's own integers) or folded here (``fixed_point_affine``)."""
     conv = spec.conv
     if not conv.is_binary or isinstance(conv, ShiftBinaryConv):
         raise ExportError("every conv of a residual block must be 1w1a (not 1w32a, not a shift conv) to export")
@@ -168,16 +172,54 @@ def residual_conv(spec, in_shape: tuple[int, int, int], frac_bits: int) -> Resid
         pad_bit=conv.pad_value,
         weight_bits=bits,
         border=border,
-        fixed=fixed_point_affine(a * scale, b, bits.shape[1], frac_bits),
+        fixed=fixed or fixed_point_affine(a * scale, b, bits.shape[1], frac_bits),
         shortcut=spec.shortcut,
         shortcut_stride=spec.stride,
         pad_channels=spec.pad_channels,
     )
 
 
+def _int64(r: fixed_stream.Requantizer, frac_bits: int) -> FixedPointAffine:
+    return FixedPointAffine(*(np.asarray(v, np.int64) for v in r), frac_bits)
+
+
+def fold_fixed_point_resnet(model: nnx.Module, frac_bits: int) -> list[Stage]:
+    """A ResNet trained with ``residual_frac_bits``: its own integers (``fixed_stream``), which it
+    computes in eval mode, so the export equals it bit for bit."""
+    if frac_bits != model.frac_bits:
+        raise ExportError(
+            f"frac_bits={frac_bits} is not allowed: this model computes its stream with residual_frac_bits="
+            f"{model.frac_bits} (pass 0 or {model.frac_bits})"
+        )
+    _, specs, head_norm, fc = model.export_residual_stages()
+    stem = model.stem
+    wq, r = model.stem_integers()
+    fixed = _int64(r, frac_bits)
+    stages: list[Stage] = [
+        IntegerStemStage(
+            in_shape=(*model.input_hw, stem.in_features),
+            kernel_size=stem.kernel_size,
+            stride=stem.strides,
+            pad=stem.padding,
+            weights_int=np.asarray(wq, np.int64),
+            weight_frac_bits=(fixed.shift + frac_bits).tolist(),
+            part_bits=fixed_stream.pixel_part_bits(stem.fan_in),
+            fixed=fixed,
+        )
+    ]
+    shape = (*stages[0].conv_output_hw(), stem.out_features)
+    for spec, r in zip(specs, model.fixed_point_requantizers()):
+        stages.append(residual_conv(spec, shape, frac_bits, _int64(r, frac_bits)))
+        shape = (*stages[-1].conv_output_hw(), spec.conv.out_features)
+    norm = None if head_norm is None else tuple(np.asarray(v, np.float32) for v in eval_affine(head_norm))
+    weights, bias = np.asarray(fc.kernel[...], np.float32), np.asarray(fc.bias[...], np.float32)
+    stages.append(HeadStage(in_shape=shape, frac_bits=frac_bits, norm=norm, weights=weights, bias=bias))
+    return stages
+
+
 def fold_resnet(model: nnx.Module, config: ml_collections.ConfigDict, frac_bits: int) -> list[Stage]:
     """A Bi-Real ResNet as an integer stem, residual binary convs on the fixed-point stream, and a
-    float32 head (``residual``)."""
+    float32 head (``residual``); a model trained with ``residual_frac_bits`` with its own integers."""
     try:
         stem_spec, specs, head_norm, fc = model.export_residual_stages()
     except ValueError as e:
@@ -185,6 +227,9 @@ def fold_resnet(model: nnx.Module, config: ml_collections.ConfigDict, frac_bits:
     stem = stem_spec.conv
     if stem.binarize_weights or stem.binarize_activations or fc.binarize_weights or fc.binarize_activations:
         raise ExportError("a ResNet exports with a full-precision first conv and classifier (the paper's setting)")
+    if model.frac_bits:
+        return fold_fixed_point_resnet(model, frac_bits or model.frac_bits)
+    frac_bits = frac_bits or DEFAULT_FRAC_BITS
     mean, std = data_lib.normalization_stats(data_lib.get_dataset_info(config.dataset), config.normalization)
     shape = model_input_shape(config)
     a, b = norm_affine(stem_spec.norm, stem.out_features)
@@ -200,16 +245,17 @@ def fold_resnet(model: nnx.Module, config: ml_collections.ConfigDict, frac_bits:
     return stages
 
 
-def fold(model: nnx.Module, config: ml_collections.ConfigDict, frac_bits: int = DEFAULT_FRAC_BITS) -> FoldedModel:
+def fold(model: nnx.Module, config: ml_collections.ConfigDict, frac_bits: int = 0) -> FoldedModel:
     """Fold a trained model (float32, eval mode) into integer thresholds and weight bits; a float
     classifier's input (the last block's hardtanh) and a ResNet's residual stream as fixed point with
-    ``frac_bits`` fractional bits."""
+    ``frac_bits`` fractional bits (0: the model's ``residual_frac_bits``, else ``DEFAULT_FRAC_BITS``)."""
     meta = (config.input_encoding, config.encoding_levels, config.dataset, config.model, config.normalization)
     if hasattr(model, "export_residual_stages"):
         return FoldedModel(fold_resnet(model, config, frac_bits), *meta)
     if not hasattr(model, "export_stages"):
         raise ExportError(f"export supports {list(EXPORTABLE)}; {config.model!r} has no description of its stages")
     conv_specs, fc = model.export_stages()
+    frac_bits = frac_bits or DEFAULT_FRAC_BITS
     shape = model_input_shape(config)
     stages: list[Stage] = []
     float_classifier = not fc.binarize_activations

@@ -17,9 +17,9 @@ from irnet_jax.export.engine import (
     first_layer_input,
     model_predictions,
     run_numpy,
+    stream_equal_layers,
 )
 from irnet_jax.export.files import write_export
-from irnet_jax.export.fixed_point import DEFAULT_FRAC_BITS
 from irnet_jax.export.folding import ExportError, fold
 from irnet_jax.export.stages import FoldedModel
 from irnet_jax.timing import median_seconds
@@ -30,6 +30,7 @@ MAX_GOLDEN_IMAGES = 1000
 GRAPH_FORMATS = ("onnx", "qonnx")
 GRAPH_FILES = {"onnx": "model.onnx", "qonnx": "model.qonnx.onnx"}
 PACKAGES = {"onnx": ("onnx", "onnxruntime"), "qonnx": ("onnx", "onnxruntime", "qonnx")}
+STREAM_CHECK_IMAGES = 1000  # images whose every stream tensor is compared with the model's own
 FINN_CHECK_IMAGES = 16  # the FINN steps' graphs run image by image (batch 1)
 FRAC_BITS_RANGE = (1, 23)  # q = +-2**F must stay exact in float32 (the ONNX graphs' tensors)
 
@@ -60,8 +61,10 @@ def check_arguments(out: str, num_images: int, verify: int, bench_batch: int, fr
     if bench_batch < 0:
         raise ConfigError(f"bench_batch={bench_batch} is not allowed: must be >= 0 (0: no timing)")
     lo, hi = FRAC_BITS_RANGE
-    if not lo <= frac_bits <= hi:
-        raise ConfigError(f"frac_bits={frac_bits} is not allowed: must be in [{lo}, {hi}]")
+    if frac_bits and not lo <= frac_bits <= hi:
+        raise ConfigError(
+            f"frac_bits={frac_bits} is not allowed: must be 0 (the model's own, else 22) or in [{lo}, {hi}]"
+        )
     if not out:
         raise ConfigError("out is empty: name a new folder for the export")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
@@ -135,7 +138,7 @@ def export_checkpoint(
     data_dir: str = "",
     bench_batch: int = 0,
     formats: str = "onnx,qonnx",
-    frac_bits: int = DEFAULT_FRAC_BITS,
+    frac_bits: int = 0,
 ) -> dict[str, Any]:
     """Fold the ``which`` checkpoint of the run in ``checkpoint``, check the packed engine's (and each
     graph's) predictions against the float model's on the first ``verify`` test images, and write the
@@ -156,6 +159,9 @@ def export_checkpoint(
         "engine_test_accuracy": float(np.mean(engine == labels)),
         "model_test_accuracy": float(np.mean(reference == labels)),
     }
+    if getattr(model, "frac_bits", 0):  # trained with residual_frac_bits: the model's own stream
+        verification["model_stream_tensors_equal"] = stream_equal_layers(model, folded, images[:STREAM_CHECK_IMAGES])
+        verification["model_stream_images"] = min(n, STREAM_CHECK_IMAGES)
     graphs = build_graphs(folded, graph_formats)
     verification.update(verify_graphs(folded, graphs, images, labels, engine, min(num_images, n)))
     extra: dict[str, Any] = {"verification": verification}

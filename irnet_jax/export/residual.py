@@ -37,14 +37,7 @@ import numpy as np
 from irnet_jax.export.border import outside_taps
 from irnet_jax.export.fixed_point import FixedPointAffine, fixed_point_affine
 from irnet_jax.export.stages import BinaryConvStage, Stage, _ConvGeometry, _LogitsOutput, pixel_rows
-
-FLOAT32_EXACT = 2**24  # integers below this are exact in float32
-
-
-def stem_part_bits(fan_in: int) -> int:
-    """``P``: each partial conv ``conv(p, Wq_part)`` with ``|Wq_part| <= 2**P`` and uint8 pixels stays
-    below 2**24 (``255 * fan_in * 2**P < 2**24``)."""
-    return int(np.floor(np.log2((FLOAT32_EXACT - 1) / (255 * fan_in))))
+from irnet_jax.fixed_stream import pixel_part_bits
 
 
 def max_abs_stem_sum(weights_int: np.ndarray) -> float:
@@ -69,7 +62,7 @@ class IntegerStemStage(_ConvGeometry, Stage):
     kind: ClassVar[str] = "int_stem_conv"
     takes_pixels: ClassVar[bool] = True
     weights_int: np.ndarray
-    weight_frac_bits: int  # G
+    weight_frac_bits: int | list[int]  # G (one per output channel for a model's own integers)
     part_bits: int  # P
     fixed: FixedPointAffine
 
@@ -235,7 +228,7 @@ def stem_stage(
     k, _, c_in, _ = weights.shape
     alpha = 1.0 / (255.0 * np.asarray(std, np.float64))
     beta = -np.asarray(mean, np.float64) / np.asarray(std, np.float64)
-    part_bits = stem_part_bits(k * k * c_in)
+    part_bits = pixel_part_bits(k * k * c_in)
     wq, g = quantize_stem_weights(weights.astype(np.float64) * alpha[None, None, :, None], part_bits)
     a, b = affine
     bias = a * stem_position_bias(weights.astype(np.float64), beta, in_shape[:2], stride, pad) + b
