@@ -38,7 +38,7 @@ from irnet_jax import cli, optim, profiling, runtime, trainer
 from irnet_jax import data as data_lib
 from irnet_jax import mesh as mesh_lib
 from irnet_jax.errors import ConfigError
-from irnet_jax.steps import make_eval_step, make_multi_step
+from irnet_jax.steps import EvalStep, make_eval_step, make_multi_step
 from irnet_jax.timing import median_seconds, pipelined_seconds
 from irnet_jax.train_state import create_train_state, eval_graphdef
 
@@ -96,7 +96,7 @@ class SyntheticRun:
     eval_mask: jax.Array
     state: Any
     train_steps: Any
-    eval_step: Any
+    eval_step: EvalStep
     key: jax.Array = dataclasses.field(default_factory=lambda: jax.random.key(0))
 
 
@@ -166,8 +166,8 @@ def benchmark_row(
     t = time.perf_counter()
     train_compiled = run.train_steps.lower(run.state, run.images, run.labels, run.orders[0], run.ede, run.key).compile()
     st = run.state
-    eval_args = (run.images, run.labels, run.eval_idx, run.eval_mask)
-    eval_compiled = run.eval_step.lower(st.params, st.batch_stats, *eval_args).compile()
+    eval_args = (run.eval_step.integers(st.params, st.batch_stats), run.images, run.labels, run.eval_idx, run.eval_mask)
+    eval_compiled = run.eval_step.run.lower(st.params, st.batch_stats, *eval_args).compile()
     compile_seconds = time.perf_counter() - t
 
     calls = [0]

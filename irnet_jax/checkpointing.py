@@ -26,6 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from irnet_jax import mesh as mesh_lib
 from irnet_jax.errors import UserError
 
 # Config fields that may change between a run and its resumption: they do not alter the result.
@@ -117,9 +118,7 @@ def require_checkpoints(workdir: str) -> list[int]:
 
 def array_digest(array: Any) -> str:
     """BLAKE2b-128 of an array's dtype, shape and bytes (a replicated ``jax.Array``: its local copy)."""
-    if isinstance(array, jax.Array):
-        array = array.addressable_shards[0].data
-    host = np.ascontiguousarray(np.asarray(array))
+    host = np.ascontiguousarray(mesh_lib.local_copy(array))
     digest = hashlib.blake2b(f"{host.dtype.str}{host.shape}".encode(), digest_size=16)
     digest.update(host.tobytes())
     return digest.hexdigest()

@@ -122,19 +122,6 @@ class Offset(nnx.Module):
 NORMS = ("batchnorm", "offset", "frozen_scale_batchnorm")
 
 
-def eval_affine(norm: nnx.Module) -> tuple[Array, Array]:
-    """``(A, B)`` float32 ``[C]`` with ``norm(y) = A y + B`` in eval mode: BatchNorm ``A = gamma /
-    sqrt(var + eps)``, ``B = beta - mean A``; Offset ``A = 1``, ``B = b``."""
-    if isinstance(norm, Offset):
-        bias = norm.bias[...].astype(jnp.float32)
-        return jnp.ones_like(bias), bias
-    mean, var = norm.mean[...].astype(jnp.float32), norm.var[...].astype(jnp.float32)
-    gamma = jnp.ones_like(mean) if norm.scale is None else norm.scale[...].astype(jnp.float32)
-    beta = jnp.zeros_like(mean) if norm.bias is None else norm.bias[...].astype(jnp.float32)
-    a = gamma / jnp.sqrt(var + norm.epsilon)
-    return a, beta - mean * a
-
-
 def norm_layer(kind: str, num_features: int, dtype: Dtype, rngs: nnx.Rngs) -> nnx.Module:
     """The normalization before each sign, by name.
 
@@ -317,16 +304,11 @@ class BinaryConv(_BinaryLayer):
         """``K = kh kw C_in``: the largest ``|D|`` of a 1w1a conv."""
         return self.kernel_size**2 * self.in_features
 
-    def weight_signs_and_scale(self) -> tuple[Array, Array]:
-        """``(sign kernel, s)`` float32 (HWIO, ``[C_out]``) with ``Qw(W) = s sign``."""
-        wq = self.quantized_kernel(bz.EstimatorParams.constant()).astype(jnp.float32)
-        return jnp.sign(wq), jnp.max(jnp.abs(wq), axis=(0, 1, 2))
-
-    def integer_sums(self, q: Array) -> Array:
+    def integer_sums(self, q: Array, weight_signs: Array) -> Array:
         """1w1a: ``D`` int32 ``[B, H', W', C_out]`` of the bits ``sign(q)`` (``q >= 0`` is +1) and the
-        weight signs (padded as ``pad_value``)."""
+        ``+-1`` HWIO ``weight_signs`` (padded as ``pad_value``)."""
         bits = jnp.where(q >= 0, 1.0, -1.0).astype(jnp.float32)
-        d = self._binary_conv(bits, self.weight_signs_and_scale()[0])  # +-1 products: exact in float32
+        d = self._binary_conv(bits, weight_signs.astype(jnp.float32))  # +-1 products: exact in float32
         return jnp.round(d).astype(jnp.int32)
 
     def __call__(self, x: Array, ede: bz.EstimatorParams | None = None) -> Array:

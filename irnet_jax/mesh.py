@@ -35,6 +35,13 @@ def put_replicated(array: np.ndarray, mesh: Mesh) -> Array:
     return jax.make_array_from_callback(array.shape, replicated(mesh), lambda idx: array[idx])
 
 
+def local_copy(array) -> np.ndarray:
+    """A replicated (global) array's value on this process: its first local shard, as NumPy."""
+    if isinstance(array, jax.Array):
+        array = array.addressable_shards[0].data
+    return np.asarray(array)
+
+
 def put_batch(array: np.ndarray, mesh: Mesh, axis: int = 0) -> Array:
     """A global host array (identical on every process) sharded along ``axis`` over ``data``."""
     sharding = NamedSharding(mesh, P(*(None,) * axis, "data"))

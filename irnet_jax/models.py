@@ -20,16 +20,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from irnet_jax import fixed_stream
+from irnet_jax import mesh as mesh_lib
 from irnet_jax.binarization import EstimatorParams
 from irnet_jax.layers import (
     BinaryConv,
     BinaryDense,
     ShiftBinaryConv,
     batch_norm,
-    eval_affine,
     hardtanh,
     materialize,
     max_pool,
@@ -208,7 +209,10 @@ def create_model(
     q = Quantization(**{k: v for k, v in options.items() if k in q_fields})
     arch = {k: v for k, v in options.items() if k in arch_fields}
     h, w, c = (int(v) for v in input_shape)
-    return builder(input_shape=(h, w, c), num_classes=num_classes, q=q, rngs=rngs, **arch)
+    model = builder(input_shape=(h, w, c), num_classes=num_classes, q=q, rngs=rngs, **arch)
+    if q.residual_frac_bits and not isinstance(model, CifarResNet):
+        raise ValueError(f"residual_frac_bits > 0 applies to the ResNets (a residual stream), not {name!r}")
+    return model
 
 
 def architecture_options(name: str) -> dict[str, Any]:
@@ -353,28 +357,21 @@ class BiRealBlock(nnx.Module):
         y = materialize(grid(hardtanh(self.bn1(self.conv1(x, ede)) + self.shortcut(x))), self.materialize)
         return materialize(grid(hardtanh(self.bn2(self.conv2(y, ede)) + y)), self.materialize)
 
-    def fixed_point_requantizers(self, frac_bits: int) -> tuple[fixed_stream.Requantizer, fixed_stream.Requantizer]:
-        """The ``(M, C, S)`` of conv1 and conv2 (eval-mode norms)."""
-        return tuple(
-            _conv_requantizer(conv, norm, frac_bits) for conv, norm in ((self.conv1, self.bn1), (self.conv2, self.bn2))
-        )
-
-    def fixed_point(self, q: Array, frac_bits: int) -> tuple[Array, Array]:
-        """The int32 stream ``q`` through both convs (``fixed_stream``): ``(y, out)``."""
-        r1, r2 = self.fixed_point_requantizers(frac_bits)
-        y = _residual_step(self.conv1, r1, q, self.shortcut(q), frac_bits)
-        return y, _residual_step(self.conv2, r2, y, y, frac_bits)
+    def fixed_point(
+        self, q: Array, convs: Sequence[tuple[Array, fixed_stream.Requantizer]], frac_bits: int
+    ) -> tuple[Array, Array]:
+        """The int32 stream ``q`` through both convs, given each conv's ``(weight signs, requantizer)``
+        (``fixed_stream``): ``(y, out)``."""
+        (s1, r1), (s2, r2) = convs
+        y = _residual_step(self.conv1, s1, r1, q, self.shortcut(q), frac_bits)
+        return y, _residual_step(self.conv2, s2, r2, y, y, frac_bits)
 
 
-def _conv_requantizer(conv: BinaryConv, norm: nnx.Module, frac_bits: int) -> fixed_stream.Requantizer:
-    a, b = eval_affine(norm)
-    _, scale = conv.weight_signs_and_scale()
-    return fixed_stream.requantizer(a * scale, b, conv.fan_in, frac_bits)
-
-
-def _residual_step(conv: BinaryConv, r: fixed_stream.Requantizer, q: Array, shortcut: Array, frac_bits: int) -> Array:
+def _residual_step(
+    conv: BinaryConv, signs: Array, r: fixed_stream.Requantizer, q: Array, shortcut: Array, frac_bits: int
+) -> Array:
     """``clamp(clamp(requantize(D), +-2**(F+1)) + shortcut, +-2**F)`` of the bits of ``q``."""
-    d = conv.integer_sums(q)
+    d = conv.integer_sums(q, signs)
     t = fixed_stream.requantize(d, r, 2 << frac_bits)
     return jnp.clip(t + shortcut, -(1 << frac_bits), 1 << frac_bits)
 
@@ -442,9 +439,14 @@ class CifarResNet(nnx.Module):
             stages += [first, ResidualStage(blk.conv2, blk.bn2)]
         return ConvStage(self.stem, self.stem_bn), stages, self.head_bn, self.fc
 
-    def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
+    def __call__(
+        self, x: Array, ede: EstimatorParams | None = None, integers: fixed_stream.StreamIntegers | None = None
+    ) -> Array:
+        """Logits; in eval mode with ``residual_frac_bits``, the integer stream on pixels ``x``, with
+        ``integers`` (``host_stream_integers``) or derived through ``stream_integers``."""
         if self.frac_bits and self.stem_bn.use_running_average:
-            return self.fixed_point_head(self.fixed_point_stream(x)[-1])
+            ints = self.stream_integers() if integers is None else integers
+            return self.fixed_point_head(self.fixed_point_stream(x, ints)[-1], ints)
         if self.frac_bits:  # pixels in; the stream rounded to its grid (straight-through)
             x = self.normalize_pixels(x)
         x = hardtanh(self.stem_bn(self.stem(x, ede)))
@@ -462,36 +464,81 @@ class CifarResNet(nnx.Module):
         x = (x - jnp.asarray(self.pixel_mean, jnp.float32)) / jnp.asarray(self.pixel_std, jnp.float32)
         return x.astype(self.stem.dtype)
 
-    def stem_integers(self) -> tuple[Array, fixed_stream.Requantizer]:
-        """The integer stem ``(Wq, requantizer)`` of the eval-mode parameters (``fixed_stream``)."""
-        a, b = eval_affine(self.stem_bn)
-        s = self.stem
-        return fixed_stream.stem_integers(
-            s.kernel[...], a, b, self.pixel_mean, self.pixel_std, self.input_hw, s.strides, s.padding, self.frac_bits
+    def stream_params(self, host: bool = False) -> fixed_stream.StreamParams:
+        """The raw parameters the eval-mode integers derive from (stream order: ``export_residual_stages``),
+        as JAX arrays or (``host``) this process's NumPy copies."""
+        get = (lambda v: mesh_lib.local_copy(v[...]).astype(np.float32)) if host else (lambda v: v[...])
+        convs = [pair for blk in self.blocks for pair in ((blk.conv1, blk.bn1), (blk.conv2, blk.bn2))]
+        return fixed_stream.StreamParams(
+            stem_kernel=get(self.stem.kernel),
+            stem_norm=_norm_params(self.stem_bn, get),
+            conv_kernels=tuple(get(conv.kernel) for conv, _ in convs),
+            conv_scales=tuple(
+                np.ones(conv.out_features, np.float32) if conv.scale is None else get(conv.scale) for conv, _ in convs
+            ),
+            conv_norms=tuple(_norm_params(norm, get) for _, norm in convs),
+            head_norm=None if self.head_bn is None else _norm_params(self.head_bn, get),
         )
 
-    def fixed_point_requantizers(self) -> list[fixed_stream.Requantizer]:
-        """The ``(M, C, S)`` of every binary conv, in order (``export_residual_stages``'s)."""
-        return [r for blk in self.blocks for r in blk.fixed_point_requantizers(self.frac_bits)]
+    def stream_layout(self) -> fixed_stream.StreamLayout:
+        conv = self.blocks[0].conv1
+        return fixed_stream.StreamLayout(
+            frac_bits=self.frac_bits,
+            pixel_mean=self.pixel_mean,
+            pixel_std=self.pixel_std,
+            input_hw=self.input_hw,
+            stem_stride=self.stem.strides,
+            stem_pad=self.stem.padding,
+            weight_scale=conv.weight_scale,
+            norm_eps=float(self.stem_bn.epsilon),
+        )
 
-    def fixed_point_stream(self, pixels: Array) -> list[Array]:
+    def stream_integers(self) -> fixed_stream.StreamIntegers:
+        """The eval-mode integers (``fixed_stream.derive_integers``) through a host callback: usable
+        inside ``jit`` on one device; a multi-device program passes ``host_stream_integers()`` in
+        instead (on CPU, a callback there deadlocks the collectives that follow it)."""
+        return fixed_stream.stream_integers(self.stream_params(), self.stream_layout())
+
+    def host_stream_integers(self) -> fixed_stream.StreamIntegers:
+        """The eval-mode integers derived here, outside any ``jit`` (NumPy arrays)."""
+        return fixed_stream.derive_integers(self.stream_params(host=True), self.stream_layout())
+
+    def fixed_point_stream(self, pixels: Array, ints: fixed_stream.StreamIntegers | None = None) -> list[Array]:
         """Eval mode, ``residual_frac_bits = F``: the int32 stream ``[B, H, W, C]`` after the stem and
         after every binary conv (``fixed_stream``), of pixels ``[B, H, W, C]`` (float, 0..255)."""
-        wq, r = self.stem_integers()
-        y = fixed_stream.stem_sums(pixels, wq, self.stem.strides, self.stem.padding)
-        stream = [fixed_stream.requantize(y, r, 1 << self.frac_bits)]
-        for blk in self.blocks:
-            stream += list(blk.fixed_point(stream[-1], self.frac_bits))
+        ints = self.stream_integers() if ints is None else ints
+        y = fixed_stream.stem_sums(pixels, ints.stem_weights, self.stem.strides, self.stem.padding)
+        stream = [fixed_stream.requantize(y, ints.stem, 1 << self.frac_bits)]
+        convs = list(zip(ints.conv_signs, ints.convs))
+        for i, blk in enumerate(self.blocks):
+            stream += list(blk.fixed_point(stream[-1], convs[2 * i : 2 * i + 2], self.frac_bits))
         return stream
 
-    def fixed_point_head(self, q: Array) -> Array:
+    def fixed_point_head(self, q: Array, ints: fixed_stream.StreamIntegers) -> Array:
         """``v = float32(sum_hw q) float32(2**-F / (H W))``, ``v A + B`` (head norm), ``v @ W + b``."""
         h, w = q.shape[1:3]
         v = jnp.sum(q, axis=(1, 2)).astype(jnp.float32) * jnp.float32(2.0**-self.frac_bits / (h * w))
         if self.head_bn is not None:
-            a, b = eval_affine(self.head_bn)
-            v = v * a + b
+            v = v * ints.head_scale + ints.head_bias
         return v @ self.fc.kernel[...].astype(jnp.float32) + self.fc.bias[...].astype(jnp.float32)
+
+
+def _norm_params(norm: nnx.Module, get: Callable) -> fixed_stream.NormParams:
+    n = norm.num_features
+    gamma = np.ones(n, np.float32) if norm.scale is None else get(norm.scale)
+    beta = np.zeros(n, np.float32) if norm.bias is None else get(norm.bias)
+    return fixed_stream.NormParams(get(norm.mean), get(norm.var), gamma, beta)
+
+
+def eval_integers(model: nnx.Module) -> fixed_stream.StreamIntegers | None:
+    """A model with a fixed-point stream (``residual_frac_bits``): its eval-mode integers, derived on the
+    host (``host_stream_integers``); ``None`` for every other model."""
+    return model.host_stream_integers() if getattr(model, "frac_bits", 0) else None
+
+
+def eval_logits(model: nnx.Module, x: Array, integers: fixed_stream.StreamIntegers | None) -> Array:
+    """``model(x)`` in eval mode, given ``eval_integers(model)`` (computed outside the jitted step)."""
+    return model(x) if integers is None else model(x, integers=integers)
 
 
 def _check_fixed_point_stream(model: CifarResNet, q: Quantization, block: str, shortcut: str, channels: int) -> None:

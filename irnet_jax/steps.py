@@ -5,6 +5,7 @@ Each train step reads its batch by index from the device-resident uint8 training
 arguments: no recompilation as they change) and applies the optimizer. The state is donated.
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -20,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 from irnet_jax import binarization as bz
 from irnet_jax import data as data_lib
 from irnet_jax import mesh as mesh_lib
-from irnet_jax import runtime
+from irnet_jax import models, runtime
 from irnet_jax.train_state import TrainState, compute_dtype, input_normalization
 
 Array = jax.Array
@@ -140,17 +141,24 @@ def make_multi_step(
     return _jit_step(steps, config, mesh, P(None, "data"))
 
 
-def make_eval_step(graphdef_eval: nnx.GraphDef, config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
-    """``eval_step(params, batch_stats, images, labels, idx, mask) -> [loss_sum, correct, count]``.
+@dataclasses.dataclass(frozen=True)
+class EvalStep:
+    """``run(params, batch_stats, integers, images, labels, idx, mask) -> [loss_sum, correct, count]``
+    (jitted) and ``integers(params, batch_stats)``: what ``run`` takes as ``integers``, the model's
+    eval-mode fixed-point integers (``models.eval_integers``, derived on the host, replicated) or None."""
 
-    ``idx: [B]`` indexes the device-resident split (padded to a full batch), ``mask: [B]`` is 1 for
-    real examples. The model runs in eval mode (BatchNorm running statistics).
-    """
+    run: Callable
+    integers: Callable
+
+
+def make_eval_step(graphdef_eval: nnx.GraphDef, config: ml_collections.ConfigDict, mesh: Mesh) -> EvalStep:
+    """The eval step: ``idx: [B]`` indexes the device-resident split (padded to a full batch), ``mask:
+    [B]`` is 1 for real examples. The model runs in eval mode (BatchNorm running statistics)."""
     info = data_lib.get_dataset_info(config.dataset)
     dtype = compute_dtype(config)
     batch_sharding = NamedSharding(mesh, P("data"))
 
-    def eval_step(params, batch_stats, images, labels, idx, mask):
+    def eval_step(params, batch_stats, integers, images, labels, idx, mask):
         x = jax.lax.with_sharding_constraint(images[idx], batch_sharding)
         x = data_lib.preprocess(
             x,
@@ -162,35 +170,43 @@ def make_eval_step(graphdef_eval: nnx.GraphDef, config: ml_collections.ConfigDic
             normalization=input_normalization(config),
         )
         y = labels[idx]
-        logits = nnx.merge(graphdef_eval, params, batch_stats, copy=True)(x).astype(jnp.float32)
+        model = nnx.merge(graphdef_eval, params, batch_stats, copy=True)
+        logits = models.eval_logits(model, x, integers).astype(jnp.float32)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
         return jnp.stack([jnp.sum(nll * mask), jnp.sum(correct * mask), jnp.sum(mask)])
 
+    def integers(params, batch_stats):
+        ints = models.eval_integers(nnx.merge(graphdef_eval, params, batch_stats, copy=True))
+        return None if ints is None else jax.tree.map(lambda v: mesh_lib.put_replicated(v, mesh), ints)
+
     rep = mesh_lib.replicated(mesh)
-    return jax.jit(
+    run = jax.jit(
         eval_step,
-        in_shardings=(rep,) * 4 + (batch_sharding,) * 2,
+        in_shardings=(rep,) * 5 + (batch_sharding,) * 2,
         out_shardings=rep,
         compiler_options=runtime.compiler_options(config),
     )
+    return EvalStep(run, integers)
 
 
 def evaluate(
-    eval_step: Callable, state: TrainState, split: tuple[Array, Array], batch_size: int, mesh: Mesh
+    eval_step: EvalStep, state: TrainState, split: tuple[Array, Array], batch_size: int, mesh: Mesh
 ) -> dict[str, float]:
     """Loss and accuracy of ``state`` on a device-resident ``(images, labels)`` split."""
     images, labels = split
     n = int(labels.shape[0])
+    integers = eval_step.integers(state.params, state.batch_stats)
     totals = np.zeros(3)
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size)
         mask = (idx < n).astype(np.float32)
         idx = np.where(idx < n, idx, 0).astype(np.int32)
         totals += np.asarray(
-            eval_step(
+            eval_step.run(
                 state.params,
                 state.batch_stats,
+                integers,
                 images,
                 labels,
                 mesh_lib.put_batch(idx, mesh),

@@ -33,7 +33,7 @@ from irnet_jax import optim, runtime, validation
 from irnet_jax.errors import ConfigError, Diverged
 from irnet_jax.metric_writers import MetricWriter
 from irnet_jax.preemption import Preemption, handle_sigterm
-from irnet_jax.steps import TrainMetrics, evaluate, make_eval_step, make_multi_step
+from irnet_jax.steps import EvalStep, TrainMetrics, evaluate, make_eval_step, make_multi_step
 from irnet_jax.summary import format_summary, summarize
 from irnet_jax.timing import DispatchWindow, TrainClock
 from irnet_jax.train_state import (
@@ -200,7 +200,7 @@ class Loop:
     mesh: Mesh
     plan: RunPlan
     train_steps: Callable
-    eval_step: Callable
+    eval_step: EvalStep
     learning_rate: Callable[[int], Any]
     train: tuple[Array, Array]
     validation: tuple[Array, Array]

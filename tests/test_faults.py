@@ -59,6 +59,12 @@ CLI_CASES = [
     ("zero keep", [*SMOKE, "--config.keep_checkpoints=0"], "keep_checkpoints=0 is not allowed"),
     ("odd batch on 2 devices", [*SMOKE, "--config.batch_size=127"], "multiples of the device count 2"),
     ("too many devices", [*SMOKE, "--config.cpu_devices=100000"], "cpu_devices=100000 is not allowed"),
+    (
+        "fixed-point stream on a net without one",
+        [*SMOKE, "--config.residual_frac_bits=16"],
+        "residual_frac_bits > 0 applies to the ResNets (a residual stream), not 'mnistnet'",
+    ),
+    ("fixed-point stream too wide", [*SMOKE, "--config.residual_frac_bits=23"], "residual_frac_bits=23 is not allowed"),
     ("unknown pad", [*SMOKE, "--config.pad_value=two"], "unknown pad_value 'two'; valid: ['zero'"),
     ("unknown model", [*SMOKE, "--config.model=vgg7"], "unknown model 'vgg7'; valid:"),
     ("unknown norm", [*SMOKE, "--config.norm=layernorm"], "unknown norm 'layernorm'; valid:"),
@@ -132,7 +138,7 @@ def test_export_and_bench_mistakes_are_one_line(tmp_path, finished_run):
     r = run_command([*export, f"--out={tmp_path / 'e'}", "--formats=onnx,tflite"], REPO)
     assert_one_line_error(r, "formats='onnx,tflite' is not allowed: choose from ['onnx', 'qonnx']", prog)
     r = run_command([*export, f"--out={tmp_path / 'e'}", "--frac_bits=30"], REPO)
-    assert_one_line_error(r, "frac_bits=30 is not allowed: must be in [1, 23]", prog)
+    assert_one_line_error(r, "frac_bits=30 is not allowed: must be 0 (the model's own, else 22) or in [1, 23]", prog)
     assert not (tmp_path / "e").exists()
     r = run_command(["-m", "irnet_jax.bench", "--config=configs/smoke.py", "--binary=maybe"], REPO)
     assert_one_line_error(r, "--binary takes true/false values, got 'maybe'", "python -m irnet_jax.bench")

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from irnet_jax import models
+from irnet_jax.binarization import EstimatorParams
 from irnet_jax.summary import summarize
 
 SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1)}
@@ -220,20 +221,46 @@ def test_fixed_point_requantizer_stays_inside_int32():
     from irnet_jax import fixed_stream
 
     fan_in = 576
-    scale = jnp.asarray([1e6, 1e-9, 0.0, -0.04, 0.04, 3.0, -250.0], jnp.float32)
-    bias = jnp.asarray([5.0, -1e9, 0.3, 7.5, -0.01, 1e4, 0.0], jnp.float32)
+    scale = np.asarray([1e6, 1e-9, 0.0, -0.04, 0.04, 3.0, -250.0])
+    bias = np.asarray([5.0, -1e9, 0.3, 7.5, -0.01, 1e4, 0.0])
     r = fixed_stream.requantizer(scale, bias, fan_in, 22)
     m, c, s = (np.asarray(v, np.int64) for v in r)
     assert np.all(np.abs(m) * fan_in < 2**30) and np.all(np.abs(c) < 2**29) and np.all((s >= 1) & (s <= 28))
     d = np.arange(-fan_in, fan_in + 1)[:, None] * np.ones((1, len(m)), np.int64)
     exact = np.clip((d * m + c + (1 << (s - 1))) >> s, -(2 << 22), 2 << 22)
-    np.testing.assert_array_equal(np.asarray(fixed_stream.requantize(jnp.asarray(d, jnp.int32), r, 2 << 22)), exact)
+    r32 = fixed_stream.Requantizer(*(jnp.asarray(v) for v in r))
+    np.testing.assert_array_equal(np.asarray(fixed_stream.requantize(jnp.asarray(d, jnp.int32), r32, 2 << 22)), exact)
     # Where no bound binds, q is within one unit of 2**F clamp(scale D + bias) at F = 16 (|M| K < 2**30
     # leaves M about 21 bits: a larger F adds no precision, see fixed_stream).
     m, c, s = (np.asarray(v, np.int64) for v in fixed_stream.requantizer(scale[3:5], bias[3:5], fan_in, 16))
     q = np.clip((d[:, :2] * m + c + (1 << (s - 1))) >> s, -(2 << 16), 2 << 16)
-    ideal = np.clip(np.asarray(scale, np.float64)[3:5] * d[:, :2] + np.asarray(bias, np.float64)[3:5], -2, 2)
+    ideal = np.clip(scale[3:5] * d[:, :2] + bias[3:5], -2, 2)
     assert np.abs(q - ideal * 2**16).max() <= 1.0
+
+
+def test_fixed_point_integers_are_the_same_under_jit_and_eagerly():
+    """The eval-mode integers are derived on the host (float64 NumPy): inside ``jit`` (as in the
+    eval step) they equal the eager ones and ``derive_integers`` called directly (as the export does),
+    and the weight signs are Libra-PB's (``sign(W - mean W)``)."""
+    from irnet_jax import fixed_stream
+
+    model = _fixed_point_resnet20()
+    model.eval()
+    eager = model.stream_integers()
+    jitted = nnx.jit(lambda m: m.stream_integers())(model)
+    direct = fixed_stream.derive_integers(model.stream_params(), model.stream_layout())
+    host = model.host_stream_integers()  # what the eval step and the export use
+    for a, *others in zip(*(jax.tree.leaves(i) for i in (eager, jitted, direct, host))):
+        for b in others:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    conv = model.blocks[4].conv2
+    latent = np.asarray(conv.kernel[...])
+    expected = np.where(latent - latent.mean(axis=(0, 1, 2)) >= 0, 1.0, -1.0)
+    assert np.mean(np.asarray(eager.conv_signs[9]) == expected) == 1.0
+    np.testing.assert_array_equal(np.sign(np.asarray(conv.quantized_kernel(EstimatorParams.constant()))), expected)
+    pixels = jnp.asarray(np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3)), jnp.float32)
+    for a, b in zip(model.fixed_point_stream(pixels), nnx.jit(lambda m, x: m.fixed_point_stream(x))(model, pixels)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize(

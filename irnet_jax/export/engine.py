@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from irnet_jax import data as data_lib
-from irnet_jax import encoding
+from irnet_jax import encoding, models
 from irnet_jax.export.folding import ExportError
 from irnet_jax.export.stages import BinaryConvStage, FoldedModel
 from irnet_jax.timing import median_seconds
@@ -78,16 +78,17 @@ def float_forward(model: nnx.Module, config: ml_collections.ConfigDict) -> Calla
     preprocessed as in training (normalization or input encoding, no augmentation)."""
     info = data_lib.get_dataset_info(config.dataset)
     graphdef, state = nnx.split(model)
+    integers = models.eval_integers(model)
 
     @jax.jit
-    def forward(state, images_u8):
+    def forward(state, integers, images_u8):
         encoding, levels = config.input_encoding, config.encoding_levels
         x = data_lib.preprocess(
             images_u8, info, None, jnp.float32, encoding, levels, normalization=input_normalization(config)
         )
-        return nnx.merge(graphdef, state, copy=True)(x)
+        return models.eval_logits(nnx.merge(graphdef, state, copy=True), x, integers)
 
-    return lambda images_u8: forward(state, images_u8)
+    return lambda images_u8: forward(state, integers, images_u8)
 
 
 def model_predictions(
@@ -105,12 +106,13 @@ def model_predictions(
 def stream_equal_layers(model: nnx.Module, folded: FoldedModel, images_u8: np.ndarray, batch: int = 100) -> float:
     """A ResNet trained with ``residual_frac_bits``: the fraction of (image, stream tensor) pairs where
     the model's own eval-mode int32 stream equals the NumPy reference's, bit for bit."""
-    stream = jax.jit(lambda m, x: m.fixed_point_stream(x))
+    stream = jax.jit(lambda m, x, ints: m.fixed_point_stream(x, ints))
+    integers = model.host_stream_integers()
     equal, total = 0, 0
     for i in range(0, len(images_u8), batch):
         x = images_u8[i : i + batch]
         _, trace = run_numpy(folded, x, trace=True)
-        for ours, record in zip(stream(model, jnp.asarray(x, jnp.float32)), trace):
+        for ours, record in zip(stream(model, jnp.asarray(x, jnp.float32), integers), trace):
             same = np.all(np.asarray(ours) == record["output"], axis=(1, 2, 3))
             equal, total = equal + int(same.sum()), total + len(same)
     return equal / total

@@ -43,7 +43,7 @@ from irnet_jax.export.stages import (
     FoldedModel,
     Stage,
 )
-from irnet_jax.layers import Offset, ShiftBinaryConv, eval_affine
+from irnet_jax.layers import Offset, ShiftBinaryConv
 from irnet_jax.models import ConvStage
 from irnet_jax.train_state import model_input_shape
 
@@ -100,9 +100,13 @@ def binary_conv_weights(conv, in_shape: tuple[int, int, int]) -> tuple[np.ndarra
     """A binary conv's weight bits and scale (``binary_weight_bits``) and, for zero padding, its
     border correction table on an ``in_shape`` input."""
     bits, scale = binary_weight_bits(conv, bz.EstimatorParams.constant())
+    return bits, scale, _border(conv, bits, in_shape)
+
+
+def _border(conv, bits: np.ndarray, in_shape: tuple[int, int, int]) -> BorderCorrection | None:
     if conv.pad_value != "zero" or conv.padding == 0:
-        return bits, scale, None
-    return bits, scale, border_correction(bits, in_shape[:2], conv.kernel_size, conv.strides, conv.padding)
+        return None
+    return border_correction(bits, in_shape[:2], conv.kernel_size, conv.strides, conv.padding)
 
 
 def fold_conv(
@@ -155,15 +159,22 @@ def fold_classifier(fc, in_features: int, input_frac_bits: int | None) -> Stage:
 
 
 def residual_conv(
-    spec, in_shape: tuple[int, int, int], frac_bits: int, fixed: FixedPointAffine | None = None
+    spec, in_shape: tuple[int, int, int], frac_bits: int, own: tuple[np.ndarray, FixedPointAffine] | None = None
 ) -> ResidualConvStage:
-    """One binary conv of a Bi-Real block (``models.ResidualStage``) on the fixed-point stream; its
-    norm as ``fixed`` (a model's own integers) or folded here (``fixed_point_affine``)."""
+    """One binary conv of a Bi-Real block (``models.ResidualStage``) on the fixed-point stream: its
+    weight bits and norm folded here (``fixed_point_affine``), or ``own``, a model's own ``(weight
+    signs HWIO, fixed point)``."""
     conv = spec.conv
     if not conv.is_binary or isinstance(conv, ShiftBinaryConv):
         raise ExportError("every conv of a residual block must be 1w1a (not 1w32a, not a shift conv) to export")
-    a, b = norm_affine(spec.norm, conv.out_features)
-    bits, scale, border = binary_conv_weights(conv, in_shape)
+    if own is None:
+        a, b = norm_affine(spec.norm, conv.out_features)
+        bits, scale, border = binary_conv_weights(conv, in_shape)
+        fixed = fixed_point_affine(a * scale, b, bits.shape[1], frac_bits)
+    else:
+        signs, fixed = own
+        bits = (signs.transpose(3, 2, 0, 1).reshape(signs.shape[3], -1) > 0).astype(np.uint8)  # (c, kh, kw)
+        border = _border(conv, bits, in_shape)
     return ResidualConvStage(
         in_shape=in_shape,
         kernel_size=conv.kernel_size,
@@ -172,7 +183,7 @@ def residual_conv(
         pad_bit=conv.pad_value,
         weight_bits=bits,
         border=border,
-        fixed=fixed or fixed_point_affine(a * scale, b, bits.shape[1], frac_bits),
+        fixed=fixed,
         shortcut=spec.shortcut,
         shortcut_stride=spec.stride,
         pad_channels=spec.pad_channels,
@@ -193,25 +204,25 @@ def fold_fixed_point_resnet(model: nnx.Module, frac_bits: int) -> list[Stage]:
         )
     _, specs, head_norm, fc = model.export_residual_stages()
     stem = model.stem
-    wq, r = model.stem_integers()
-    fixed = _int64(r, frac_bits)
+    ints = model.host_stream_integers()
+    fixed = _int64(ints.stem, frac_bits)
     stages: list[Stage] = [
         IntegerStemStage(
             in_shape=(*model.input_hw, stem.in_features),
             kernel_size=stem.kernel_size,
             stride=stem.strides,
             pad=stem.padding,
-            weights_int=np.asarray(wq, np.int64),
+            weights_int=ints.stem_weights.astype(np.int64),
             weight_frac_bits=(fixed.shift + frac_bits).tolist(),
             part_bits=fixed_stream.pixel_part_bits(stem.fan_in),
             fixed=fixed,
         )
     ]
     shape = (*stages[0].conv_output_hw(), stem.out_features)
-    for spec, r in zip(specs, model.fixed_point_requantizers()):
-        stages.append(residual_conv(spec, shape, frac_bits, _int64(r, frac_bits)))
+    for spec, signs, r in zip(specs, ints.conv_signs, ints.convs):
+        stages.append(residual_conv(spec, shape, frac_bits, (signs, _int64(r, frac_bits))))
         shape = (*stages[-1].conv_output_hw(), spec.conv.out_features)
-    norm = None if head_norm is None else tuple(np.asarray(v, np.float32) for v in eval_affine(head_norm))
+    norm = None if head_norm is None else (ints.head_scale, ints.head_bias)
     weights, bias = np.asarray(fc.kernel[...], np.float32), np.asarray(fc.bias[...], np.float32)
     stages.append(HeadStage(in_shape=shape, frac_bits=frac_bits, norm=norm, weights=weights, bias=bias))
     return stages
