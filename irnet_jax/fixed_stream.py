@@ -47,7 +47,6 @@ PRODUCT_LIMIT = 2**30  # |M| * K
 OFFSET_LIMIT = 2**29  # |C| of a binary conv, |Y| of the stem
 MAX_SHIFT = 28
 FLOAT32_EXACT = 2**24  # integers below this are exact in float32
-WEIGHT_SCALES = ("power_of_two", "learned", "none")  # as layers.WEIGHT_SCALES
 
 
 class Requantizer(NamedTuple):
@@ -89,7 +88,7 @@ class StreamLayout:
     input_hw: tuple[int, int]
     stem_stride: int
     stem_pad: int
-    weight_scale: str  # of every binary conv: one of WEIGHT_SCALES
+    weight_scale: str  # of every binary conv: one of layers.WEIGHT_SCALES (checked when it was built)
     norm_eps: float
 
     def stem_output_hw(self, kernel_size: int) -> tuple[int, int]:
@@ -217,8 +216,6 @@ def binary_weights(kernel: np.ndarray, weight_scale: str, learned: np.ndarray) -
     """Libra-PB's ``(signs, s)`` of an HWIO kernel: ``sign(W - mean W)`` per output channel (0 -> +1)
     and ``s = 2**round(log2(mean |W_std|))`` (``"power_of_two"``, ``W_std`` the channel standardized,
     1 for a constant channel), the learned scale, or 1."""
-    if weight_scale not in WEIGHT_SCALES:
-        raise ValueError(f"unknown weight_scale {weight_scale!r}; valid: {list(WEIGHT_SCALES)}")
     centred = kernel - kernel.mean(axis=(0, 1, 2))
     signs = np.where(centred >= 0, 1.0, -1.0)
     c_out = kernel.shape[-1]

@@ -83,13 +83,17 @@ def fold_threshold(m: np.ndarray, b: np.ndarray, fan_in: int) -> tuple[np.ndarra
     return t.astype(np.int64), m < 0
 
 
+def kernel_rows(kernel: np.ndarray) -> np.ndarray:
+    """A kernel as one row per output channel: HWIO -> ``[C_out, C_in kh kw]`` in (c, kh, kw) order;
+    a dense ``[K, C_out]`` -> ``[C_out, K]``."""
+    if kernel.ndim == 4:
+        return kernel.transpose(3, 2, 0, 1).reshape(kernel.shape[3], -1)
+    return kernel.T
+
+
 def binary_weight_bits(layer, ede: bz.EstimatorParams) -> tuple[np.ndarray, np.ndarray]:
     """``(bits [C_out, K] (c, kh, kw) order, per-channel scale s)`` with ``Qw(W) = (2 bits - 1) * s``."""
-    wq = np.asarray(layer.quantized_kernel(ede), np.float64)
-    if wq.ndim == 4:
-        wq = wq.transpose(3, 2, 0, 1).reshape(wq.shape[3], -1)  # [C_out, C_in * kh * kw], (c, kh, kw)
-    else:
-        wq = wq.T
+    wq = kernel_rows(np.asarray(layer.quantized_kernel(ede), np.float64))
     s = np.abs(wq[:, 0])
     if not np.all(np.abs(wq) == s[:, None]):
         raise ExportError("binary weights do not share one magnitude per output channel")
@@ -173,7 +177,7 @@ def residual_conv(
         fixed = fixed_point_affine(a * scale, b, bits.shape[1], frac_bits)
     else:
         signs, fixed = own
-        bits = (signs.transpose(3, 2, 0, 1).reshape(signs.shape[3], -1) > 0).astype(np.uint8)  # (c, kh, kw)
+        bits = (kernel_rows(signs) > 0).astype(np.uint8)
         border = _border(conv, bits, in_shape)
     return ResidualConvStage(
         in_shape=in_shape,
