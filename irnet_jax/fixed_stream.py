@@ -274,13 +274,19 @@ def stem_integers(
 
 def constant_image_conv(kernel: np.ndarray, beta: np.ndarray, in_hw: tuple[int, int], stride: int, pad: int):
     """``b [H', W', O]``: the conv of the constant image ``beta [C]`` (zero-padded) with ``kernel``
-    HWIO: ``sum over the taps inside the image of W[i, j] . beta``."""
-    k = kernel.shape[0]
+    HWIO: ``sum over the taps inside the image of W[i, j] . beta``. Which taps are inside depends on
+    the output row's and column's border class only (top, interior, bottom for a 3x3 conv with
+    padding 1): ``b`` is computed once per class and copied to its positions, so it is the same
+    number, bit for bit, at every position of a class."""
     per_tap = np.einsum("ijco,c->ijo", kernel, beta)
+    k = kernel.shape[0]
 
-    def inside(n: int) -> np.ndarray:  # [k, n_out]: tap i of output r reads a pixel inside
+    def inside(n: int) -> tuple[np.ndarray, np.ndarray]:  # ([k, classes] taps inside, class of each output)
         r = np.arange((n + 2 * pad - k) // stride + 1)
         pos = r[None, :] * stride - pad + np.arange(k)[:, None]
-        return ((pos >= 0) & (pos < n)).astype(np.float64)
+        masks, cls = np.unique((pos >= 0) & (pos < n), axis=1, return_inverse=True)
+        return masks.astype(np.float64), cls.reshape(-1)
 
-    return np.einsum("ir,jc,ijo->rco", inside(in_hw[0]), inside(in_hw[1]), per_tap)
+    (rows, row_class), (cols, col_class) = inside(in_hw[0]), inside(in_hw[1])
+    per_class = np.einsum("ir,jc,ijo->rco", rows, cols, per_tap)
+    return per_class[row_class[:, None], col_class[None, :]]

@@ -162,6 +162,53 @@ def test_resnets_export_as_a_fixed_point_stream_or_are_refused_with_reason(optio
     assert (downsample.shortcut, downsample.shortcut_stride, downsample.pad_channels) == ("A", 2, 16)
 
 
+@pytest.mark.parametrize("geometry", [((32, 32), 3, 1, 1), ((9, 7), 5, 2, 2), ((6, 6), 3, 3, 0), ((8, 5), 4, 2, 3)])
+def test_constant_image_conv_is_the_zero_padded_conv_and_one_value_per_border_class(geometry):
+    """The stem's per-position offsets: ``constant_image_conv`` equals the zero-padded conv of the
+    constant image, and ``class_table`` stores it as one row per border class that expands back to
+    every position exactly; values that differ inside a class are refused."""
+    from irnet_jax import fixed_stream
+
+    (h, w), k, stride, pad = geometry
+    rng = np.random.default_rng(k + pad)
+    kernel, beta = rng.normal(size=(k, k, 3, 4)), rng.normal(size=3)
+    b = fixed_stream.constant_image_conv(kernel, beta, (h, w), stride, pad)
+    image = np.pad(np.broadcast_to(beta, (h, w, 3)), ((pad, pad), (pad, pad), (0, 0)))
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    direct = np.array(
+        [[np.einsum("ijc,ijco->o", image[r * stride : r * stride + k, c * stride : c * stride + k], kernel)
+          for c in range(wo)] for r in range(ho)]
+    )  # fmt: skip
+    np.testing.assert_allclose(b, direct, rtol=1e-12, atol=1e-12)
+    offsets = np.round(b * 2.0**20).astype(np.int64)
+    table = export.class_table(offsets, (h, w), k, stride, pad)
+    np.testing.assert_array_equal(table.per_position(), offsets)
+    assert table.table.shape[:2] == (len(table.row_taps), len(table.col_taps)) and table.table.size < offsets.size
+    offsets[ho // 2, wo // 2, 0] += 1  # an interior position no longer equals the other interior ones
+    if (table.row_class == table.row_class[ho // 2]).sum() * (table.col_class == table.col_class[wo // 2]).sum() > 1:
+        with pytest.raises(ValueError, match="differ between positions of one border class"):
+            export.class_table(offsets, (h, w), k, stride, pad)
+
+
+def test_integer_stem_files_store_the_offsets_per_border_class(tmp_path):
+    """The integer stem of ResNet-20 as the export folder holds it: ``offset_table`` (3 x 3 border
+    classes x 16 channels) with the manifest's row and column classes gives the stage's offset at
+    every one of the 32 x 32 positions."""
+    from configs import irnet_resnet20_1w1a_cifar10
+
+    config = irnet_resnet20_1w1a_cifar10.get_config()
+    config.fusion_barriers = "off"
+    stem = export.fold(randomize(build_model(config, nnx.Rngs(2)), 2), config).stages[0]
+    (tmp_path / "weights").mkdir()
+    entry = stem.manifest_entry(0, str(tmp_path))["fixed_point"]["offset"]
+    npz_name, key = entry["offset_table"].split(":")
+    table = np.load(tmp_path / npz_name)[key]
+    assert table.shape == (3, 3, 16) and len(entry["row_class"]) == len(entry["col_class"]) == 32
+    expanded = table[np.asarray(entry["row_class"])[:, None], np.asarray(entry["col_class"])[None, :]]
+    np.testing.assert_array_equal(expanded, stem.fixed.offset)
+    assert entry["row_class_kernel_rows_outside"] == [[0], [], [2]]
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_zero_padding_correction_equals_the_zero_padded_conv(seed):
     """Property: +1 border bits, XNOR-popcount, minus the border-class table == the integer conv of the
@@ -514,7 +561,7 @@ def test_export_command_on_a_trained_mnist_net(config_name, tfds_dir, tmp_path):
         assert (out / manifest["graphs"][fmt]).is_file()
     sizes = manifest["size_bytes"]
     assert sizes["packed_binary_weights"] * 5 < sizes["float_checkpoint_step_dir"]
-    assert manifest["format"]["version"] == 2
+    assert manifest["format"]["version"] == export.FORMAT_VERSION
     kinds = [l["kind"] for l in manifest["layers"]]
     if config_name == "mnistnet_mnist":
         assert kinds == ["float_conv", "binary_conv", "binary_conv", "float_dense"]

@@ -16,7 +16,7 @@ engine, golden vectors for RTL (``python -m irnet_jax.export``).
 the index (bit ``i`` of word ``i // 32`` is index ``i``).
 """
 
-from irnet_jax.export.border import BorderCorrection, border_correction
+from irnet_jax.export.border import BorderCorrection, border_correction, class_table
 from irnet_jax.export.engine import (
     benchmark_engine,
     engine_predictions,
@@ -25,7 +25,7 @@ from irnet_jax.export.engine import (
     model_predictions,
     run_numpy,
 )
-from irnet_jax.export.files import write_export
+from irnet_jax.export.files import FORMAT_VERSION, write_export
 from irnet_jax.export.fixed_point import FixedPointAffine, fixed_point_affine
 from irnet_jax.export.folding import EXPORTABLE, ExportError, fold, fold_threshold
 from irnet_jax.export.pipeline import export_checkpoint
@@ -40,6 +40,7 @@ from irnet_jax.export.stages import (
 
 __all__ = [
     "EXPORTABLE",
+    "FORMAT_VERSION",
     "BinaryConvStage",
     "BinaryDenseStage",
     "BorderCorrection",
@@ -51,6 +52,7 @@ __all__ = [
     "Stage",
     "benchmark_engine",
     "border_correction",
+    "class_table",
     "engine_predictions",
     "export_checkpoint",
     "first_layer_input",

@@ -37,9 +37,10 @@ def classes(taps: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], np.ndar
 
 @dataclasses.dataclass
 class BorderCorrection:
-    """The correction table of one zero-padded binary conv (module docstring).
+    """The correction table of one zero-padded binary conv (module docstring), or any other
+    per-position quantity that depends only on the border class (``class_table``).
 
-    ``table: [R, Q, C_out]`` int32; ``row_class: [H']``, ``col_class: [W']`` int32; ``row_taps[i]``
+    ``table: [R, Q, C_out]`` integers (int32 for a binary conv's correction); ``row_class: [H']``, ``col_class: [W']`` int32; ``row_taps[i]``
     (``col_taps[j]``): the kernel rows (columns) outside the image for row class ``i`` (column class ``j``).
     """
 
@@ -77,3 +78,20 @@ def border_correction(
             mask[:, list(cols)] = True
             table[i, j] = (signs * mask).sum(axis=(1, 2))
     return BorderCorrection(table, row_class, col_class, row_taps, col_taps)
+
+
+def class_table(
+    values: np.ndarray, in_hw: tuple[int, int], kernel_size: int, stride: int, pad: int
+) -> BorderCorrection:
+    """``values [H', W', C]``, one per output position of a ``kernel_size`` conv on ``in_hw``, as a
+    table per border class; ``ValueError`` when two positions of one class hold different values."""
+    k, (h, w) = kernel_size, in_hw
+    ho, wo = values.shape[:2]
+    row_taps, row_class = classes(outside_taps(ho, h, k, stride, pad))
+    col_taps, col_class = classes(outside_taps(wo, w, k, stride, pad))
+    first_row = [int(np.argmax(row_class == i)) for i in range(len(row_taps))]
+    first_col = [int(np.argmax(col_class == j)) for j in range(len(col_taps))]
+    table = BorderCorrection(values[first_row][:, first_col], row_class, col_class, row_taps, col_taps)
+    if not np.array_equal(table.per_position(), values):
+        raise ValueError("the values differ between positions of one border class")
+    return table

@@ -26,7 +26,7 @@ from irnet_jax.export.engine import run_numpy
 from irnet_jax.export.stages import FoldedModel, Lines, pixel_rows, write_lines
 
 FORMAT_NAME = "irnet_jax binary export"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the stem's offsets stored per border class (offset_table), not per position
 
 
 def golden_files(folded: FoldedModel, trace: list[dict], n: int) -> dict[str, Lines]:
@@ -95,7 +95,8 @@ def format_section(folded: FoldedModel) -> dict[str, Any]:
         "clamp(floor((M*D + C + 2^(S-1)) / 2^S), -2^F, 2^F) in int64 (floor = arithmetic right shift: "
         "rounding half up)",
         "residual_stream": "ResNets: q int32 with F fractional bits; stem: Y = conv(uint8 pixels, integer weights), "
-        "q = fixed point of Y with an offset per output position; each binary conv takes a = (q >= 0) and gives "
+        "q = fixed point of Y with the offset of the output position's border class (offset_table[row_class[r], "
+        "col_class[c]]); each binary conv takes a = (q >= 0) and gives "
         "q' = clamp(clamp(t, -2^(F+1), 2^(F+1)) + shortcut(q), -2^F, 2^F) with t the fixed point of its sums; "
         "option-A shortcut: q at every second row and column (from 0), zero channels split evenly on both sides",
         "float_order": {
@@ -130,12 +131,17 @@ def _sizes(folded: FoldedModel) -> dict[str, int]:
         "thresholds_int32": sum(4 * s.threshold.size for s in binary if getattr(s, "threshold", None) is not None),
         "border_tables_int32": sum(4 * s.border.table.size for s in binary if getattr(s, "border", None) is not None),
         "fixed_point_int64": sum(
-            8 * (s.fixed.multiplier.size + s.fixed.offset.size + s.fixed.shift.size)
+            8 * (s.fixed.multiplier.size + _stored_offsets(s).size + s.fixed.shift.size)
             for s in stages
             if getattr(s, "fixed", None) is not None
         ),
         "stem_weights_int64": sum(8 * s.weights_int.size for s in stages if hasattr(s, "weights_int")),
     }
+
+
+def _stored_offsets(stage) -> np.ndarray:
+    """The fixed-point offsets as the export folder stores them (the stem's: one row per border class)."""
+    return stage.offset_classes().table if hasattr(stage, "offset_classes") else stage.fixed.offset
 
 
 def _normalization(folded: FoldedModel) -> dict[str, Any]:

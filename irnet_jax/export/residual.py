@@ -34,10 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irnet_jax.export.border import outside_taps
+from irnet_jax import fixed_stream
+from irnet_jax.export.border import BorderCorrection, class_table
 from irnet_jax.export.fixed_point import FixedPointAffine, fixed_point_affine
 from irnet_jax.export.stages import BinaryConvStage, Stage, _ConvGeometry, _LogitsOutput, pixel_rows
-from irnet_jax.fixed_stream import pixel_part_bits
 
 
 def max_abs_stem_sum(weights_int: np.ndarray) -> float:
@@ -97,20 +97,39 @@ class IntegerStemStage(_ConvGeometry, Stage):
     def packed(self):
         return lambda x: self.fixed.apply(self.integer_conv(x, jnp), jnp)
 
+    def offset_classes(self) -> BorderCorrection:
+        """The fixed point's per-position offsets ``C [H', W', O]`` as one row per border class: they
+        come from the normalization's constant image conv over the taps inside the image
+        (``fixed_stream.constant_image_conv``), so they depend on the border class only."""
+        return class_table(self.fixed.offset, self.in_shape[:2], self.kernel_size, self.stride, self.pad)
+
     def manifest_entry(self, index, out_dir):
         entry = {**super().manifest_entry(index, out_dir), **self.geometry_entry()}
+        offsets = self.offset_classes()
+        npz = f"weights/L{index}_int.npz"
         entry.update(
             input="uint8 pixels [H, W, C] (the normalization is folded into the weights and offsets)",
-            rule="Y = conv(p, Wq) (zero padding, exact integers); q = fixed point (offset per output position)",
+            rule="Y = conv(p, Wq) (zero padding, exact integers); q = fixed point with the offset of the "
+            "output position's border class",
             weight_frac_bits=self.weight_frac_bits,
-            weights_npz=f"weights/L{index}_int.npz",
-            fixed_point=self.fixed.entry() | {"offset": f"weights/L{index}_int.npz:offset_hwc"},
+            weights_npz=npz,
+            fixed_point=self.fixed.entry()
+            | {
+                "offset": {
+                    "rule": "C[r, c, o] = offset_table[row_class[r], col_class[c], o] (int64)",
+                    "offset_table": f"{npz}:offset_table",
+                    "row_class": offsets.row_class.tolist(),
+                    "col_class": offsets.col_class.tolist(),
+                    "row_class_kernel_rows_outside": [list(t) for t in offsets.row_taps],
+                    "col_class_kernel_cols_outside": [list(t) for t in offsets.col_taps],
+                }
+            },
         )
         np.savez(
-            os.path.join(out_dir, entry["weights_npz"]),
+            os.path.join(out_dir, npz),
             weights_hwio=self.weights_int,
             multiplier=self.fixed.multiplier,
-            offset_hwc=self.fixed.offset,
+            offset_table=offsets.table,
             shift=self.fixed.shift,
         )
         return entry
@@ -195,23 +214,6 @@ class HeadStage(_LogitsOutput, Stage):
         return entry
 
 
-def stem_position_bias(weights: np.ndarray, beta: np.ndarray, in_hw: tuple[int, int], stride: int, pad: int):
-    """``b[r, c, o]``: the sum of ``W[kh, kw, ch, o] * beta[ch]`` over the taps of output position
-    ``(r, c)`` inside the image (float64 ``[H', W', C_out]``)."""
-    k = weights.shape[0]
-    (h, w), wb = in_hw, np.einsum("hwio,i->hwo", weights, beta)
-    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-    rows_out, cols_out = outside_taps(ho, h, k, stride, pad), outside_taps(wo, w, k, stride, pad)
-    out = np.zeros((ho, wo, weights.shape[-1]))
-    for r in range(ho):
-        for c in range(wo):
-            mask = np.ones((k, k))
-            mask[list(rows_out[r]), :] = 0
-            mask[:, list(cols_out[c])] = 0
-            out[r, c] = np.einsum("hwo,hw->o", wb, mask)
-    return out
-
-
 def quantize_stem_weights(scaled: np.ndarray, part_bits: int) -> tuple[np.ndarray, int]:
     """``(Wq, G)``: ``Wq = round(scaled 2**G)`` with the largest ``G`` keeping ``|Wq| < 2**(2P - 1)``
     (then ``Wq_hi`` and ``Wq_lo`` each fit in ``P`` bits)."""
@@ -228,10 +230,10 @@ def stem_stage(
     k, _, c_in, _ = weights.shape
     alpha = 1.0 / (255.0 * np.asarray(std, np.float64))
     beta = -np.asarray(mean, np.float64) / np.asarray(std, np.float64)
-    part_bits = pixel_part_bits(k * k * c_in)
+    part_bits = fixed_stream.pixel_part_bits(k * k * c_in)
     wq, g = quantize_stem_weights(weights.astype(np.float64) * alpha[None, None, :, None], part_bits)
     a, b = affine
-    bias = a * stem_position_bias(weights.astype(np.float64), beta, in_shape[:2], stride, pad) + b
+    bias = a * fixed_stream.constant_image_conv(weights.astype(np.float64), beta, in_shape[:2], stride, pad) + b
     fixed = fixed_point_affine(a * 2.0**-g, bias, max_abs_stem_sum(wq), frac_bits)
     return IntegerStemStage(
         in_shape=in_shape,
