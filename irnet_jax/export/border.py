@@ -40,8 +40,9 @@ class BorderCorrection:
     """The correction table of one zero-padded binary conv (module docstring), or any other
     per-position quantity that depends only on the border class (``class_table``).
 
-    ``table: [R, Q, C_out]`` integers (int32 for a binary conv's correction); ``row_class: [H']``, ``col_class: [W']`` int32; ``row_taps[i]``
-    (``col_taps[j]``): the kernel rows (columns) outside the image for row class ``i`` (column class ``j``).
+    ``table: [R, Q, C_out]`` integers (int32 for a binary conv's correction); ``row_class: [H']``,
+    ``col_class: [W']`` int32; ``row_taps[i]`` (``col_taps[j]``): the kernel rows (columns) outside the
+    image for row class ``i`` (column class ``j``).
     """
 
     table: np.ndarray
