@@ -1,7 +1,8 @@
 """Where the training loop's rate could part from the isolated step's (issue 14), one cause at a time,
 in one process: the benchmark's compiled call on its synthetic 1,024 images (A), the same step on the
 real training split (B), a bare loop with the training loop's host work (batch indices and EDE put
-every call, metrics merged, ``DispatchWindow``; also without the merge, and with fixed inputs) (C), and ``trainer.train_and_evaluate`` itself (D).
+every call, metrics merged, ``DispatchWindow``; also without the merge, and with fixed inputs) (C),
+and ``trainer.train_and_evaluate`` itself (D).
 
     PYTHONPATH=. python bench/loop_vs_step.py --cfg configs/irnet_resnet20_1w1a_cifar10.py
 

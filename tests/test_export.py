@@ -184,10 +184,12 @@ def test_constant_image_conv_is_the_zero_padded_conv_and_one_value_per_border_cl
     table = export.class_table(offsets, (h, w), k, stride, pad)
     np.testing.assert_array_equal(table.per_position(), offsets)
     assert table.table.shape[:2] == (len(table.row_taps), len(table.col_taps)) and table.table.size < offsets.size
-    offsets[ho // 2, wo // 2, 0] += 1  # an interior position no longer equals the other interior ones
-    if (table.row_class == table.row_class[ho // 2]).sum() * (table.col_class == table.col_class[wo // 2]).sum() > 1:
-        with pytest.raises(ValueError, match="differ between positions of one border class"):
-            export.class_table(offsets, (h, w), k, stride, pad)
+    # every geometry above has another position in the class of (ho // 2, wo // 2): changing it alone
+    # makes the class hold two values
+    assert (table.row_class == table.row_class[ho // 2]).sum() * (table.col_class == table.col_class[wo // 2]).sum() > 1
+    offsets[ho // 2, wo // 2, 0] += 1
+    with pytest.raises(ValueError, match="differ between positions of one border class"):
+        export.class_table(offsets, (h, w), k, stride, pad)
 
 
 def test_integer_stem_files_store_the_offsets_per_border_class(tmp_path):
