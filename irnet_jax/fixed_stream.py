@@ -44,6 +44,7 @@ Array = jax.Array
 
 FRAC_BITS_RANGE = (1, 22)  # t up to 2**(F+1) plus a shortcut of 2**F stays inside int32
 PRODUCT_LIMIT = 2**30  # |M| * K
+WIDE_BOUND = 2**29  # |t| and |short| of a block with an option-B shortcut
 OFFSET_LIMIT = 2**29  # |C| of a binary conv, |Y| of the stem
 MAX_SHIFT = 28
 FLOAT32_EXACT = 2**24  # integers below this are exact in float32
@@ -55,6 +56,16 @@ class Requantizer(NamedTuple):
 
     multiplier: Array
     offset: Array
+    shift: Array
+
+
+class Projection(NamedTuple):
+    """An option-B shortcut's integers (module docstring), int32: ``weights [C, O]`` (``Wq``), ``carry``
+    (``E``), ``remainder`` (``R``) and ``shift`` (``G``), each ``[O]``."""
+
+    weights: Array
+    carry: Array
+    remainder: Array
     shift: Array
 
 
@@ -76,6 +87,8 @@ class StreamParams(NamedTuple):
     conv_scales: tuple[Array, ...]  # [O]: the learned scale (ones where weight_scale is not "learned")
     conv_norms: tuple[NormParams, ...]
     head_norm: NormParams | None
+    shortcut_kernels: tuple[Array | None, ...] = ()  # per block: an option-B shortcut's HWIO 1x1 kernel
+    shortcut_norms: tuple[NormParams | None, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +117,7 @@ class StreamIntegers(NamedTuple):
     convs: tuple[Requantizer, ...]  # [O] each
     head_scale: Array  # float32 [C]: the head norm's A (ones without one)
     head_bias: Array  # float32 [C]: B (zeros without one)
+    projections: tuple[Projection | None, ...] = ()  # per block: its option-B shortcut, else None
 
 
 # ---- the integer arithmetic (JAX, inside the model) ----
@@ -121,6 +135,23 @@ def requantize(d: Array, r: Requantizer, bound: int) -> Array:
     one = jnp.int32(1)
     acc = d.astype(jnp.int32) * r.multiplier + r.offset + jnp.left_shift(one, r.shift - 1)
     return jnp.clip(jnp.right_shift(acc, r.shift), -bound, bound).astype(jnp.int32)
+
+
+def projection_part_bits(frac_bits: int) -> int:
+    """``P = ceil(F / 2)``: the stream ``q`` splits into ``q_hi 2**P + q_lo`` with both parts within ``2**P``."""
+    return (frac_bits + 1) // 2
+
+
+def project(q: Array, p: Projection, stride: int, frac_bits: int) -> Array:
+    """An option-B shortcut of the int32 stream ``q [B, H, W, C]``: ``[B, H/s, W/s, O]`` int32 (module
+    docstring), with ``Y = Y_hi 2**P + Y_lo`` never formed: ``floor((Y + R + 2**(G-1)) / 2**G) =
+    floor((Y_hi + floor((Y_lo + R + 2**(G-1)) / 2**P)) / 2**(G-P))``."""
+    part = projection_part_bits(frac_bits)
+    q = q[:, ::stride, ::stride, :]
+    hi, lo = jnp.right_shift(q, part), jnp.bitwise_and(q, (1 << part) - 1)
+    y_hi, y_lo = (jnp.einsum("nhwc,co->nhwo", v, p.weights, preferred_element_type=jnp.int32) for v in (hi, lo))
+    low = jnp.right_shift(y_lo + p.remainder + jnp.left_shift(jnp.int32(1), p.shift - 1), part)
+    return jnp.clip(jnp.right_shift(y_hi + low, p.shift - part) + p.carry, -WIDE_BOUND, WIDE_BOUND)
 
 
 def pixel_part_bits(fan_in: int) -> int:
@@ -176,6 +207,10 @@ def integer_shapes(params: StreamParams, layout: StreamLayout) -> StreamIntegers
     k, _, _, c_out = params.stem_kernel.shape
     per_channel = [spec(kernel.shape[-1:]) for kernel in params.conv_kernels]
     head = params.conv_kernels[-1].shape[-1]
+    projections = tuple(
+        None if kernel is None else Projection(spec(kernel.shape[2:]), *([spec(kernel.shape[-1:])] * 3))
+        for kernel in params.shortcut_kernels
+    )
     return StreamIntegers(
         stem_weights=spec(params.stem_kernel.shape),
         stem=Requantizer(spec((c_out,)), spec((*layout.stem_output_hw(k), c_out)), spec((c_out,))),
@@ -183,6 +218,7 @@ def integer_shapes(params: StreamParams, layout: StreamLayout) -> StreamIntegers
         convs=tuple(Requantizer(s, s, s) for s in per_channel),
         head_scale=spec((head,), jnp.float32),
         head_bias=spec((head,), jnp.float32),
+        projections=projections,
     )
 
 
@@ -203,7 +239,12 @@ def derive_integers(params: StreamParams, layout: StreamLayout) -> StreamInteger
         convs.append(requantizer(a * s, b, int(np.prod(kernel.shape[:3])), f))
     c = p.conv_kernels[-1].shape[-1]
     head_a, head_b = (np.ones(c), np.zeros(c)) if p.head_norm is None else norm_affine(p.head_norm, layout.norm_eps)
-    return StreamIntegers(wq, stem, tuple(signs), tuple(convs), head_a.astype(np.float32), head_b.astype(np.float32))
+    projections = tuple(
+        None if kernel is None else projection_integers(kernel, *norm_affine(norm, layout.norm_eps), f)
+        for kernel, norm in zip(p.shortcut_kernels, p.shortcut_norms)
+    )
+    head = (head_a.astype(np.float32), head_b.astype(np.float32))
+    return StreamIntegers(wq, stem, tuple(signs), tuple(convs), *head, projections)
 
 
 def norm_affine(norm: NormParams, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -248,6 +289,25 @@ def requantizer(scale: np.ndarray, bias: np.ndarray, fan_in: int, frac_bits: int
     multiplier = np.clip(np.round(scale * unit), -m_limit, m_limit)
     offset = np.clip(np.round(bias * unit), -(OFFSET_LIMIT - 1), OFFSET_LIMIT - 1)
     return Requantizer(*(v.astype(np.int32) for v in (multiplier, offset, shift)))
+
+
+def projection_integers(kernel: np.ndarray, scale: np.ndarray, bias: np.ndarray, frac_bits: int) -> Projection:
+    """The ``Projection`` of an option-B shortcut: 1x1 HWIO ``kernel``, norm ``scale``/``bias`` (float64)."""
+    folded = kernel[0, 0] * scale[None, :]
+    part = projection_part_bits(frac_bits)
+    limit = 2.0 ** (29 - part)  # sum |Wq| below it (module docstring)
+    reach = np.sum(np.abs(folded), axis=0)
+    # Rounding adds at most 1/2 per weight; a channel whose G is raised to P has its weights scaled down
+    # to the bound (a reach this large saturates the hardtanh anyway).
+    g_fit = _floor_log2((limit - folded.shape[0]) / np.maximum(reach, 1e-300))
+    g = np.clip(g_fit, part, MAX_SHIFT)
+    wq = np.round(folded * np.exp2(np.minimum(g_fit, g)))
+    cut = WIDE_BOUND * 2.0**-frac_bits + reach + 1.0  # beyond it the shortcut saturates for every input
+    c = np.round(np.clip(bias, -cut, cut) * np.exp2(frac_bits + g))
+    carry = np.floor(c / np.exp2(g))
+    remainder = c - carry * np.exp2(g)
+    ints = (wq, np.clip(carry, -WIDE_BOUND, WIDE_BOUND), remainder, g)
+    return Projection(*(v.astype(np.int32) for v in ints))
 
 
 def stem_integers(

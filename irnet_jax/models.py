@@ -61,8 +61,8 @@ class ConvStage:
 class ResidualStage:
     """One binary conv of a Bi-Real ResNet block as an integer pipeline sees it:
     ``out = hardtanh(norm(conv(sign(x))) + shortcut(x))`` with ``x`` the stage's real-valued input and
-    ``shortcut`` the identity or option A (``stride``-subsampling, ``pad_channels`` zero channels split
-    evenly on both sides). Bi-Real ResNets list theirs with ``export_residual_stages() -> (stem, stages,
+    ``shortcut`` the identity, option A (``stride``-subsampling, ``pad_channels`` zero channels split
+    evenly on both sides) or option B (``projection``: a float 1x1 conv of stride ``stride`` + norm). Bi-Real ResNets list theirs with ``export_residual_stages() -> (stem, stages,
     head_norm, classifier)``: the stem a ``ConvStage`` whose hardtanh (not its sign) starts the stream,
     the head a global average pool, ``head_norm`` (or ``None``) and the classifier."""
 
@@ -71,6 +71,7 @@ class ResidualStage:
     shortcut: str = "identity"
     stride: int = 1
     pad_channels: int = 0
+    projection: tuple[BinaryConv, nnx.Module] | None = None  # option B: its float 1x1 conv and norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,21 +359,35 @@ class BiRealBlock(nnx.Module):
         return materialize(grid(hardtanh(self.bn2(self.conv2(y, ede)) + y)), self.materialize)
 
     def fixed_point(
-        self, q: Array, convs: Sequence[tuple[Array, fixed_stream.Requantizer]], frac_bits: int
+        self,
+        q: Array,
+        convs: Sequence[tuple[Array, fixed_stream.Requantizer]],
+        frac_bits: int,
+        projection: fixed_stream.Projection | None = None,
     ) -> tuple[Array, Array]:
         """The int32 stream ``q`` through both convs, given each conv's ``(weight signs, requantizer)``
-        (``fixed_stream``): ``(y, out)``."""
+        and an option-B shortcut's ``projection`` (``fixed_stream``): ``(y, out)``."""
         (s1, r1), (s2, r2) = convs
-        y = _residual_step(self.conv1, s1, r1, q, self.shortcut(q), frac_bits)
-        return y, _residual_step(self.conv2, s2, r2, y, y, frac_bits)
+        if projection is None:
+            y = _residual_step(self.conv1, s1, r1, q, self.shortcut(q), frac_bits, 2 << frac_bits)
+        else:
+            short = fixed_stream.project(q, projection, self.shortcut.stride, frac_bits)
+            y = _residual_step(self.conv1, s1, r1, q, short, frac_bits, fixed_stream.WIDE_BOUND)
+        return y, _residual_step(self.conv2, s2, r2, y, y, frac_bits, 2 << frac_bits)
 
 
 def _residual_step(
-    conv: BinaryConv, signs: Array, r: fixed_stream.Requantizer, q: Array, shortcut: Array, frac_bits: int
+    conv: BinaryConv,
+    signs: Array,
+    r: fixed_stream.Requantizer,
+    q: Array,
+    shortcut: Array,
+    frac_bits: int,
+    bound: int,
 ) -> Array:
-    """``clamp(clamp(requantize(D), +-2**(F+1)) + shortcut, +-2**F)`` of the bits of ``q``."""
+    """``clamp(clamp(requantize(D), +-bound) + shortcut, +-2**F)`` of the bits of ``q``."""
     d = conv.integer_sums(q, signs)
-    t = fixed_stream.requantize(d, r, 2 << frac_bits)
+    t = fixed_stream.requantize(d, r, bound)
     return jnp.clip(t + shortcut, -(1 << frac_bits), 1 << frac_bits)
 
 
@@ -427,15 +442,14 @@ class CifarResNet(nnx.Module):
 
     def export_residual_stages(self) -> tuple[ConvStage, list[ResidualStage], nnx.Module | None, BinaryDense]:
         """The stem, one ``ResidualStage`` per binary conv, the norm before the classifier and the
-        classifier (see ``ResidualStage``); ``ValueError`` for blocks that are not Bi-Real or option-B
-        shortcuts (a float 1x1 conv in the stream)."""
+        classifier (see ``ResidualStage``); ``ValueError`` for blocks that are not Bi-Real."""
         stages = []
         for blk in self.blocks:
             if type(blk) is not BiRealBlock:
                 raise ValueError(f"only Bi-Real blocks export as a residual stream, not {type(blk).__name__}")
-            if blk.shortcut.kind not in ("identity", "A"):
-                raise ValueError(f"option-{blk.shortcut.kind} shortcuts (a float conv in the stream) do not export yet")
-            first = ResidualStage(blk.conv1, blk.bn1, blk.shortcut.kind, blk.shortcut.stride, blk.shortcut.pad)
+            sc = blk.shortcut
+            projection = (sc.conv, sc.bn) if sc.kind == "B" else None
+            first = ResidualStage(blk.conv1, blk.bn1, sc.kind, sc.stride, sc.pad, projection)
             stages += [first, ResidualStage(blk.conv2, blk.bn2)]
         return ConvStage(self.stem, self.stem_bn), stages, self.head_bn, self.fc
 
@@ -478,6 +492,12 @@ class CifarResNet(nnx.Module):
             ),
             conv_norms=tuple(_norm_params(norm, get) for _, norm in convs),
             head_norm=None if self.head_bn is None else _norm_params(self.head_bn, get),
+            shortcut_kernels=tuple(
+                get(b.shortcut.conv.kernel) if b.shortcut.kind == "B" else None for b in self.blocks
+            ),
+            shortcut_norms=tuple(
+                _norm_params(b.shortcut.bn, get) if b.shortcut.kind == "B" else None for b in self.blocks
+            ),
         )
 
     def stream_layout(self) -> fixed_stream.StreamLayout:
@@ -511,7 +531,7 @@ class CifarResNet(nnx.Module):
         stream = [fixed_stream.requantize(y, ints.stem, 1 << self.frac_bits)]
         convs = list(zip(ints.conv_signs, ints.convs))
         for i, blk in enumerate(self.blocks):
-            stream += list(blk.fixed_point(stream[-1], convs[2 * i : 2 * i + 2], self.frac_bits))
+            stream += list(blk.fixed_point(stream[-1], convs[2 * i : 2 * i + 2], self.frac_bits, ints.projections[i]))
         return stream
 
     def fixed_point_head(self, q: Array, ints: fixed_stream.StreamIntegers) -> Array:
@@ -542,7 +562,7 @@ def eval_logits(model: nnx.Module, x: Array, integers: fixed_stream.StreamIntege
 
 
 def _check_fixed_point_stream(model: CifarResNet, q: Quantization, block: str, shortcut: str, channels: int) -> None:
-    """``ValueError`` unless ``residual_frac_bits`` can apply: Bi-Real blocks, option-A shortcuts, a float
+    """``ValueError`` unless ``residual_frac_bits`` can apply: Bi-Real blocks, option-A or -B shortcuts, a float
     stem and classifier, 1w1a convs (no shift convs), pixel statistics for every channel."""
     lo, hi = fixed_stream.FRAC_BITS_RANGE
     if not lo <= q.residual_frac_bits <= hi:
@@ -551,7 +571,7 @@ def _check_fixed_point_stream(model: CifarResNet, q: Quantization, block: str, s
         )
     problems = [
         (block != "bireal", f"block={block!r} (needs 'bireal')"),
-        (shortcut != "A", f"option-{shortcut} shortcuts (needs option A)"),
+        (shortcut not in ("A", "B"), f"option-{shortcut} shortcuts (needs option A or B)"),
         (not q.binary or not q.binarize_activations, "a model that is not 1w1a"),
         (q.binary_first_layer or q.binary_last_layer, "a binary first or last layer"),
         (q.shift_conv, "shift convs"),

@@ -16,6 +16,7 @@ from configs import default
 from irnet_jax import binarization as bz
 from irnet_jax import data as data_lib
 from irnet_jax import export, layers, trainer
+from irnet_jax.export import folding
 from irnet_jax.layers import BinaryConv, record_layer_calls
 from irnet_jax.train_state import build_model
 
@@ -42,9 +43,12 @@ def randomize(model, seed):
     if hasattr(model, "export_residual_stages"):
         stem, stages, head_norm, _ = model.export_residual_stages()
         pairs = [(stem.conv, stem.norm)] + [(st.conv, st.norm) for st in stages]
-        c = head_norm.mean[...].shape[0]
-        head_norm.mean[...] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
-        head_norm.var[...] = jnp.asarray(rng.uniform(0.05, 0.5, c), jnp.float32)
+        free_norms = [norm for st in stages if st.projection is not None for norm in st.projection[1:]]
+        for norm in free_norms + ([] if head_norm is None else [head_norm]):  # option-B shortcuts, the head
+            c = norm.mean[...].shape[0]
+            norm.mean[...] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
+            norm.var[...] = jnp.asarray(rng.uniform(0.05, 0.5, c), jnp.float32)
+            norm.bias[...] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
     else:
         convs = [m for _, m in nnx.iter_modules(model) if isinstance(m, BinaryConv)]
         pairs = zip(convs, [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)])
@@ -131,35 +135,85 @@ def test_fold_threshold_exhaustive():
 
 @pytest.mark.parametrize("options", [{}, {"model_kwargs": {"block": "basic"}}, {"model": "resnet18"}])
 def test_resnets_export_as_a_fixed_point_stream_or_are_refused_with_reason(options):
-    """ResNet-20 (Bi-Real blocks, option-A shortcuts): the integer stem is the model's stem to within
-    the rounding of its weights and of 2**-F, and the folded stream's predictions are the model's;
-    the standard block and ResNet-18's option-B shortcut are refused, naming why."""
+    """ResNet-20 (Bi-Real blocks, option-A shortcuts) and ResNet-18 (option-B shortcuts: an integer
+    1x1 conv on the stream): the integer stem is the model's stem to within the rounding of its weights
+    and of 2**-F, and the folded stream's predictions are the model's; the standard block is refused,
+    naming why."""
     from configs import irnet_resnet20_1w1a_cifar10
 
     config = irnet_resnet20_1w1a_cifar10.get_config()
     config.fusion_barriers = "off"
     config.model = options.get("model", config.model)
     config.model_kwargs.update(options.get("model_kwargs", {}))
-    if options:
-        with pytest.raises(export.ExportError, match="only Bi-Real blocks|option-B shortcuts"):
+    if "model_kwargs" in options:
+        with pytest.raises(export.ExportError, match="only Bi-Real blocks"):
             export.fold(build_model(config, nnx.Rngs(2)), config)
         return
     model = randomize(build_model(config, nnx.Rngs(2)), 2)
     folded = export.fold(model, config)
     kinds = [st.kind for st in folded.stages]
-    assert kinds == ["int_stem_conv"] + ["binary_conv_residual"] * 18 + ["avgpool_float_dense"]
+    convs = 18 if config.model == "resnet20" else 16
+    assert kinds == ["int_stem_conv"] + ["binary_conv_residual"] * convs + ["avgpool_float_dense"]
     images = np.random.default_rng(3).integers(0, 256, (16, 32, 32, 3), np.uint8)
     logits, trace = export.run_numpy(folded, images, trace=True)
     x = data_lib.normalize(jnp.asarray(images), data_lib.get_dataset_info("cifar10"), normalization="imagenet")
     stem_value = np.asarray(layers.hardtanh(model.stem_bn(model.stem(x))))
-    assert np.max(np.abs(trace[0]["output"] * 2.0**-22 - stem_value)) < 1e-3  # the stem weights' rounding
+    # Within the stem weights' rounding: half a unit of 2**-G per weight, times 255 per pixel, 27 taps
+    # and the channel's norm scale A, plus the output's and the offsets' rounding at 2**-22.
+    stem = folded.stages[0]
+    a, _ = folding.norm_affine(model.stem_bn, stem.weights_int.shape[-1])
+    bound = 0.5 * 2.0**-stem.weight_frac_bits * 255 * 27 * np.abs(a) + 2.0**-20
+    assert np.all(np.abs(trace[0]["output"] * 2.0**-22 - stem_value) <= bound)
     model_logits = np.asarray(model(x))
     np.testing.assert_array_equal(np.argmax(logits, -1), np.argmax(model_logits, -1))
     engine = export.make_jax_engine(folded)
     engine_logits = np.asarray(engine(jnp.asarray(export.first_layer_input(images, folded))))
     np.testing.assert_allclose(engine_logits, logits, rtol=1e-5, atol=1e-5)
+    if config.model == "resnet18":  # option B: the integer 1x1 conv within a few units of the float one
+        projected = [i for i, st in enumerate(folded.stages) if getattr(st, "projection", None) is not None]
+        assert projected == [5, 9, 13]
+        blk, q = model.blocks[2], trace[5]["input"]
+        short = folded.stages[5].projected(q) * 2.0**-22
+        np.testing.assert_allclose(short, np.asarray(blk.shortcut(jnp.asarray(q * 2.0**-22, jnp.float32))), atol=1e-5)
+        return
     downsample = folded.stages[7]  # the first conv of stage 2: stride 2, option A (16 -> 32 channels)
     assert (downsample.shortcut, downsample.shortcut_stride, downsample.pad_channels) == ("A", 2, 16)
+
+
+def test_resnet18_with_a_fixed_point_stream_exports_its_option_b_shortcuts_bit_exactly(tmp_path):
+    """``residual_frac_bits=16`` on ResNet-18: the model computes its option-B shortcuts as int32 products
+    of the stream's two halves; the export (int64 products, ONNX and QONNX int64 ``MatMul``) gives the
+    same integers at every stream tensor, the same predictions, and writes the shortcut's files."""
+    from configs import resnet18_cifar10
+    from irnet_jax import models
+    from irnet_jax.export import onnx_graph
+
+    config = resnet18_cifar10.get_config()
+    config.fusion_barriers, config.residual_frac_bits = "off", 16
+    model = randomize(build_model(config, nnx.Rngs(4)), 4)
+    folded = export.fold(model, config)
+    images = np.random.default_rng(5).integers(0, 256, (6, 32, 32, 3), np.uint8)
+    logits, trace = export.run_numpy(folded, images, trace=True)
+    ints = models.eval_integers(model)
+    pixels = jnp.asarray(images, jnp.float32)
+    stream = nnx.jit(lambda m, x: m.fixed_point_stream(x, ints))(model, pixels)
+    assert len(stream) == len(trace) - 1
+    for s, record in zip(stream, trace):
+        np.testing.assert_array_equal(np.asarray(s), record["output"])
+    model_logits = np.asarray(models.eval_logits(model, pixels, ints))
+    np.testing.assert_array_equal(np.argmax(model_logits, -1), np.argmax(logits, -1))
+    x = onnx_graph.graph_input(export.first_layer_input(images, folded))
+    for qonnx, n in ((False, 6), (True, 1)):
+        graph = onnx_graph.build_graph(folded, qonnx, intermediates=not qonnx)
+        tensors = onnx_graph.run_graph(graph, qonnx, x[:n], intermediates=True)
+        assert onnx_graph.mismatched_tensors(tensors, folded, [{k: v[:n] for k, v in r.items()} for r in trace]) == []
+    for sub in ("weights", "thresholds"):
+        (tmp_path / sub).mkdir()
+    entry = folded.stages[5].manifest_entry(5, str(tmp_path))
+    stored = np.load(tmp_path / entry["shortcut_projection"]["weights_npz"])
+    np.testing.assert_array_equal(stored["weights_cin_cout"], np.asarray(ints.projections[2].weights))
+    golden = folded.stages[5].golden_extra(5, trace[5]["input"][:1])["L5_shortcut.txt"]
+    assert len(golden) == 16 * 16 and len(golden[0].split()) == 128
 
 
 @pytest.mark.parametrize("geometry", [((32, 32), 3, 1, 1), ((9, 7), 5, 2, 2), ((6, 6), 3, 3, 0), ((8, 5), 4, 2, 3)])

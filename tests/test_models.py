@@ -276,7 +276,54 @@ def test_fixed_point_stream_refuses_what_it_cannot_compute(options, message):
     frac_bits = options.pop("frac_bits", 16)
     with pytest.raises(ValueError, match=re.escape(message)):
         _fixed_point_resnet20(frac_bits, **options)
-    with pytest.raises(ValueError, match="option-B shortcuts"):
-        models.create_model(
-            "resnet18", input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0), residual_frac_bits=16, **STATS
-        )
+
+
+def test_fixed_point_resnet18_computes_its_option_b_shortcuts_in_int32():
+    """ResNet-18's option-B shortcut (float 1x1 conv + BN) in eval mode with ``residual_frac_bits``: int32
+    products of the stream's halves, within a few units of 2**-F of the float shortcut on the same
+    stream, the same under ``jit``; the blocks around it still train."""
+    from irnet_jax import fixed_stream
+    from irnet_jax.layers import hardtanh
+
+    model = models.create_model(
+        "resnet18", input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0), residual_frac_bits=16, **STATS
+    )
+    pixels = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)), jnp.float32)
+    grads = nnx.grad(lambda m: jnp.mean(m(pixels) ** 2))(model)
+    assert float(jnp.abs(grads["blocks"][2]["shortcut"]["conv"]["kernel"][...]).sum()) > 0
+    model.eval()
+    ints = model.host_stream_integers()
+    assert [p is not None for p in ints.projections] == [False, False, True, False, True, False, True, False]
+    stream = model.fixed_point_stream(pixels, ints)
+    blk, q = model.blocks[2], stream[4]
+    short = fixed_stream.project(q, ints.projections[2], 2, 16)
+    float_short = blk.shortcut(q / 2**16)
+    assert float(jnp.abs(short / 2**16 - float_short).max()) < 4e-4
+    float_step = hardtanh(blk.bn1(blk.conv1(q / 2**16)) + float_short)
+    assert float(jnp.abs(stream[5] / 2**16 - float_step).max()) < 4e-4
+    jitted = nnx.jit(lambda m, x: m.fixed_point_stream(x))(model, pixels)
+    for a, b in zip(stream, jitted):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_fixed_point_projection_stays_inside_int32():
+    """Extreme stream values (+-2**F, the split's edges) and extreme norms (huge, tiny, zero, negative
+    scales and biases): the option-B shortcut's int32 arithmetic equals the same formula in int64, and
+    its integers respect their bounds."""
+    from irnet_jax import fixed_stream
+
+    rng = np.random.default_rng(1)
+    c_in, c_out, f = 64, 6, 16
+    kernel = rng.normal(0, 0.2, (1, 1, c_in, c_out))
+    scale = np.asarray([1e6, 1e-9, 0.0, -3.0, 0.5, 40.0])
+    bias = np.asarray([5.0, -1e9, 0.3, 7.5, -0.01, 1e4])
+    p = fixed_stream.projection_integers(kernel, scale, bias, f)
+    w, e, r, g = (np.asarray(v, np.int64) for v in p)
+    part = fixed_stream.projection_part_bits(f)
+    assert np.all(np.abs(w).sum(0) < 2 ** (29 - part)) and np.all((g >= part) & (g <= 28))
+    assert np.all((r >= 0) & (r < (1 << g)))
+    edges = np.asarray([-(2**f), 2**f, 0, -1, 1, 255, 256, -256, -257])
+    q = np.concatenate([edges, rng.integers(-(2**f), 2**f + 1, 4 * 4 * c_in - len(edges))]).reshape(1, 4, 4, c_in)
+    got = np.asarray(fixed_stream.project(jnp.asarray(q, jnp.int32), p, 1, f))
+    exact = np.clip(e + ((q @ w + r + (1 << (g - 1))) >> g), -(2**29), 2**29)
+    np.testing.assert_array_equal(got, exact)

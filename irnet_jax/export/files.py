@@ -26,7 +26,7 @@ from irnet_jax.export.engine import run_numpy
 from irnet_jax.export.stages import FoldedModel, Lines, pixel_rows, write_lines
 
 FORMAT_NAME = "irnet_jax binary export"
-FORMAT_VERSION = 3  # 3: the stem's offsets stored per border class (offset_table), not per position
+FORMAT_VERSION = 4  # 3: the stem's offsets per border class (offset_table); 4: option-B shortcuts (ResNet-18)
 
 
 def golden_files(folded: FoldedModel, trace: list[dict], n: int) -> dict[str, Lines]:
@@ -98,7 +98,10 @@ def format_section(folded: FoldedModel) -> dict[str, Any]:
         "q = fixed point of Y with the offset of the output position's border class (offset_table[row_class[r], "
         "col_class[c]]); each binary conv takes a = (q >= 0) and gives "
         "q' = clamp(clamp(t, -2^(F+1), 2^(F+1)) + shortcut(q), -2^F, 2^F) with t the fixed point of its sums; "
-        "option-A shortcut: q at every second row and column (from 0), zero channels split evenly on both sides",
+        "option-A shortcut: q at every second row and column (from 0), zero channels split evenly on both sides; "
+        "option-B shortcut (layer 'shortcut_projection'): Y = q at every s-th row and column times integer "
+        "weights Wq [C_in, C_out], short = clamp(floor((Y + C + 2^(G-1)) / 2^G), -2^29, 2^29), and t clamped to "
+        "+-2^29 instead of +-2^(F+1)",
         "float_order": {
             "binary_dense": "logits = float32(D) * logit_scale, rounded to float32, then + bias (no fused multiply-add)",
             "float_dense": "v = float32(q) * 2^-F (exact); logits = v @ W in float32 (any summation order), then + bias",
@@ -116,6 +119,8 @@ def format_section(folded: FoldedModel) -> dict[str, Any]:
             "L<i>_in.txt (residual stage)": "the stream q it takes: one line per pixel (h, w), decimal, channels in order",
             "L<i>_patches.memb": "one line per conv output position (h, w): the K patch bits as the datapath sees "
             "them (border bits included), (c, kh, kw) order",
+            "L<i>_shortcut.txt": "an option-B shortcut's output short: one line per output position (h, w), "
+            "decimal, channels in order",
             "L<i>_prepool.memb": "one line per conv output position (h, w): the C_out bits before pooling",
             "L<last>_logits.txt": "the classifier's float32 logits, one line, class 0 first, '%.9g'",
         },
@@ -136,6 +141,9 @@ def _sizes(folded: FoldedModel) -> dict[str, int]:
             if getattr(s, "fixed", None) is not None
         ),
         "stem_weights_int64": sum(8 * s.weights_int.size for s in stages if hasattr(s, "weights_int")),
+        "shortcut_weights_int64": sum(
+            8 * s.projection_weights.size for s in stages if getattr(s, "projection_weights", None) is not None
+        ),
     }
 
 

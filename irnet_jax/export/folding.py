@@ -34,7 +34,14 @@ from irnet_jax import fixed_stream
 from irnet_jax.errors import UserError
 from irnet_jax.export.border import BorderCorrection, border_correction
 from irnet_jax.export.fixed_point import DEFAULT_FRAC_BITS, FixedPointAffine, fixed_point_affine
-from irnet_jax.export.residual import HeadStage, IntegerStemStage, ResidualConvStage, stem_stage
+from irnet_jax.export.residual import (
+    HeadStage,
+    IntegerStemStage,
+    ResidualConvStage,
+    projection_from_stream,
+    projection_stage_integers,
+    stem_stage,
+)
 from irnet_jax.export.stages import (
     BinaryConvStage,
     BinaryDenseStage,
@@ -163,11 +170,16 @@ def fold_classifier(fc, in_features: int, input_frac_bits: int | None) -> Stage:
 
 
 def residual_conv(
-    spec, in_shape: tuple[int, int, int], frac_bits: int, own: tuple[np.ndarray, FixedPointAffine] | None = None
+    spec,
+    in_shape: tuple[int, int, int],
+    frac_bits: int,
+    own: tuple[np.ndarray, FixedPointAffine] | None = None,
+    own_projection: fixed_stream.Projection | None = None,
 ) -> ResidualConvStage:
     """One binary conv of a Bi-Real block (``models.ResidualStage``) on the fixed-point stream: its
-    weight bits and norm folded here (``fixed_point_affine``), or ``own``, a model's own ``(weight
-    signs HWIO, fixed point)``."""
+    weight bits, norm and option-B shortcut folded here (``fixed_point_affine``,
+    ``projection_stage_integers``), or ``own``, a model's own ``(weight signs HWIO, fixed point)`` and
+    ``own_projection``."""
     conv = spec.conv
     if not conv.is_binary or isinstance(conv, ShiftBinaryConv):
         raise ExportError("every conv of a residual block must be 1w1a (not 1w32a, not a shift conv) to export")
@@ -179,6 +191,13 @@ def residual_conv(
         signs, fixed = own
         bits = (kernel_rows(signs) > 0).astype(np.uint8)
         border = _border(conv, bits, in_shape)
+    projection = None, None
+    if spec.projection is not None and own_projection is not None:
+        projection = projection_from_stream(own_projection, frac_bits)
+    elif spec.projection is not None:
+        proj_conv, proj_norm = spec.projection
+        affine = norm_affine(proj_norm, proj_conv.out_features)
+        projection = projection_stage_integers(np.asarray(proj_conv.kernel[...]), affine, frac_bits)
     return ResidualConvStage(
         in_shape=in_shape,
         kernel_size=conv.kernel_size,
@@ -191,6 +210,8 @@ def residual_conv(
         shortcut=spec.shortcut,
         shortcut_stride=spec.stride,
         pad_channels=spec.pad_channels,
+        projection_weights=projection[0],
+        projection=projection[1],
     )
 
 
@@ -223,8 +244,9 @@ def fold_fixed_point_resnet(model: nnx.Module, frac_bits: int) -> list[Stage]:
         )
     ]
     shape = (*stages[0].conv_output_hw(), stem.out_features)
-    for spec, signs, r in zip(specs, ints.conv_signs, ints.convs):
-        stages.append(residual_conv(spec, shape, frac_bits, (signs, _int64(r, frac_bits))))
+    for i, (spec, signs, r) in enumerate(zip(specs, ints.conv_signs, ints.convs)):
+        own_projection = ints.projections[i // 2] if i % 2 == 0 else None  # two convs per block
+        stages.append(residual_conv(spec, shape, frac_bits, (signs, _int64(r, frac_bits)), own_projection))
         shape = (*stages[-1].conv_output_hw(), spec.conv.out_features)
     norm = None if head_norm is None else (ints.head_scale, ints.head_bias)
     weights, bias = np.asarray(fc.kernel[...], np.float32), np.asarray(fc.bias[...], np.float32)

@@ -19,6 +19,8 @@ pool, as float32), ``L<i>_out`` (+-1 bits, or the fixed-point value ``q * 2**-F`
 * fixed point: ``Cast`` to int64, ``Mul`` M, ``Add`` (C + 2**(S-1) + P 2**S), ``Div`` 2**S (on a
   non-negative value: the floor), ``Sub`` P, ``Max``/``Min`` (the clamp), ``Cast`` to float32, ``Mul``
   2**-F. ``P`` (per channel) only keeps the dividend non-negative.
+* option-B shortcut: the int64 stream ``Slice``d to every ``s``-th row and column, ``Transpose`` to
+  NHWC, an int64 ``MatMul`` with the integer weights (exact), ``Transpose`` back, the fixed point.
 * float layers as ``Conv``/``MatMul`` in float32; a dense layer's input is flattened in ``(h, w, c)``
   order (``Transpose`` to NHWC first), as the model does.
 """
@@ -33,7 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from irnet_jax.export import bits as bit_ops
-from irnet_jax.export.residual import HeadStage, IntegerStemStage, ResidualConvStage
+from irnet_jax.export.residual import HeadStage, IntegerStemStage, ResidualConvStage, wide_bound
 from irnet_jax.export.stages import (
     BinaryConvStage,
     BinaryDenseStage,
@@ -203,19 +205,31 @@ def stream_bits(g: GraphBuilder, v: str, channels: int) -> str:
 def residual_conv(g: GraphBuilder, v: str, stage: ResidualConvStage, i: int) -> str:
     """``q' = clamp(t + shortcut(q))`` on the stream value ``v = q 2**-F`` (``residual``)."""
     d = binary_sums(g, stream_bits(g, v, stage.in_shape[-1]), stage, i)
-    t = fixed_point_int64(g, g.op("Cast", [d], to=TensorProto.INT64), stage.fixed, stage.fan_in, bound=2)
+    t = fixed_point_int64(g, g.op("Cast", [d], to=TensorProto.INT64), stage.fixed, stage.fan_in, bound=stage.t_bound)
     q = to_integer(g, v, stage.fixed.frac_bits)
     if stage.shortcut != "identity":
         step = stage.shortcut_stride
         starts, ends = g.const(np.array([0, 0], np.int64), "starts"), g.const(np.array([2**62] * 2, np.int64), "ends")
         axes, steps = g.const(np.array([2, 3], np.int64), "axes"), g.const(np.array([step, step], np.int64), "steps")
         q = g.op("Slice", [q, starts, ends, axes, steps])
+    if stage.projection is not None:
+        q = projection(g, q, stage, i)
+    elif stage.shortcut != "identity":
         half = stage.pad_channels // 2
         pads = g.const(np.array([0, half, 0, 0, 0, stage.pad_channels - half, 0, 0], np.int64), "pads")
         q = g.op("Pad", [q, pads, g.const(np.int64(0), "zero")], mode="constant")
     one = stage.fixed.one
     out = g.op("Min", [g.op("Max", [g.op("Add", [t, q]), g.const(np.int64(-one), "lo")]), g.const(np.int64(one), "hi")])
     return to_value(g, out, stage.fixed.frac_bits)
+
+
+def projection(g: GraphBuilder, q: str, stage: ResidualConvStage, i: int) -> str:
+    """An option-B shortcut of the subsampled int64 stream ``q`` (NCHW): an int64 ``MatMul`` over the
+    channels (exact), then the fixed point (``residual.ResidualConvStage.projected``)."""
+    weights = g.const(np.asarray(stage.projection_weights, np.int64), f"L{i}_shortcut_weights")
+    y = g.op("Transpose", [g.op("MatMul", [g.op("Transpose", [q], perm=[0, 2, 3, 1]), weights])], perm=[0, 3, 1, 2])
+    bound = wide_bound(stage.fixed.frac_bits)
+    return fixed_point_int64(g, y, stage.projection, stage.max_abs_projection_sum(), bound=bound)
 
 
 def integer_stem(g: GraphBuilder, x: str, stage: IntegerStemStage, i: int) -> str:

@@ -15,7 +15,10 @@ hardtanh's range). Three stage kinds:
 * ``binary_conv_residual`` (one binary conv of a block): bits ``a = (q >= 0)``, ``D`` as a binary conv
   (zero padding: +1 bits and the border table), ``t = fixed point of BN(s D)`` clamped to ``+-2**(F+1)``,
   ``q' = clamp(t + shortcut(q), -2**F, 2**F)``; the shortcut is ``q`` itself or option A (``q`` at
-  every second row and column, zero channels padded evenly on both sides).
+  every second row and column, zero channels padded evenly on both sides), or option B (ResNet-18:
+  a float 1x1 conv + norm): ``Y = sum_c q_c Wq[c, o]`` of ``q`` at every ``s``-th row and column,
+  ``short = fixed point (M = 1) of Y``, clamped to ``+-2**29``, with ``t`` clamped to ``+-2**29``
+  too (int64 arithmetic; ``Wq = round(A W 2**G)``).
 * ``avgpool_float_dense`` (the head): ``v = float32(sum over positions of q) * float32(2**-F / (H W))``,
   then the head BatchNorm ``v * A + B`` and the classifier ``v @ W + b``, float32, in that order.
 
@@ -45,11 +48,19 @@ def max_abs_stem_sum(weights_int: np.ndarray) -> float:
     return 255.0 * float(np.max(np.abs(weights_int).reshape(-1, weights_int.shape[-1]).sum(0)))
 
 
+def wide_bound(frac_bits: int) -> int:
+    """The clamp of ``t`` and of the shortcut in a block with an option-B shortcut, in units of
+    ``2**F``: ``2**29`` (``fixed_stream.WIDE_BOUND``) in all."""
+    return fixed_stream.WIDE_BOUND >> frac_bits
+
+
 def stream_shortcut(q, shortcut: str, stride: int, pad_channels: int, xp=np):
     """The identity, or option A: every ``stride``-th row and column, ``pad_channels`` zero channels
     split evenly on both sides (``[N, H, W, C] -> [N, H/stride, W/stride, C + pad_channels]``)."""
     if shortcut == "identity":
         return q
+    if shortcut == "B":
+        raise ValueError("an option-B shortcut has weights: ResidualConvStage.projected")
     half = pad_channels // 2
     return xp.pad(q[:, ::stride, ::stride, :], ((0, 0), (0, 0), (0, 0), (half, pad_channels - half)))
 
@@ -146,10 +157,30 @@ class ResidualConvStage(BinaryConvStage):
     shortcut: str = "identity"
     shortcut_stride: int = 1
     pad_channels: int = 0
+    projection_weights: np.ndarray | None = None  # option B: int64 Wq [C_in, C_out]
+    projection: FixedPointAffine | None = None  # option B: M = 1, C, G
+
+    @property
+    def t_bound(self) -> int:
+        """``t``'s clamp in units of ``2**F``: 2, or ``wide_bound`` beside an option-B shortcut."""
+        return 2 if self.projection is None else wide_bound(self.fixed.frac_bits)
+
+    def max_abs_projection_sum(self) -> float:
+        """``max |Y|`` of the option-B shortcut: ``2**F max_o sum_c |Wq[c, o]|``."""
+        return float(self.fixed.one * np.max(np.abs(self.projection_weights).sum(axis=0)))
+
+    def projected(self, q, xp=np):
+        """The option-B shortcut of ``q [N, H, W, C]``: ``[N, H/s, W/s, O]`` int64."""
+        s = self.shortcut_stride
+        y = xp.asarray(q[:, ::s, ::s, :]).astype(xp.int64) @ xp.asarray(self.projection_weights, xp.int64)
+        return self.projection.apply(y, xp, bound=wide_bound(self.fixed.frac_bits)).astype(xp.int64)
 
     def stream_output(self, d, q, xp=np):
-        t = self.fixed.apply(d, xp, bound=2)
-        short = stream_shortcut(q, self.shortcut, self.shortcut_stride, self.pad_channels, xp)
+        t = self.fixed.apply(d, xp, bound=self.t_bound).astype(xp.int64)
+        if self.projection is None:
+            short = stream_shortcut(q, self.shortcut, self.shortcut_stride, self.pad_channels, xp)
+        else:
+            short = self.projected(q, xp)
         return xp.clip(t + short, -self.fixed.one, self.fixed.one).astype(xp.int32)
 
     def reference(self, q):
@@ -164,15 +195,35 @@ class ResidualConvStage(BinaryConvStage):
         entry = super().manifest_entry(index, out_dir)
         entry.update(
             input="the stream q (int32, F fractional bits); the conv takes its bits a = (q >= 0)",
-            residual="q' = clamp(clamp(t, -2^(F+1), 2^(F+1)) + shortcut(q), -2^F, 2^F), t = fixed point of D",
+            residual=f"q' = clamp(clamp(t, -{self.t_bound}*2^F, {self.t_bound}*2^F) + shortcut(q), -2^F, 2^F), "
+            "t = fixed point of D",
             shortcut=self.shortcut,
             shortcut_stride=self.shortcut_stride,
             shortcut_pad_channels=[self.pad_channels // 2, self.pad_channels - self.pad_channels // 2],
         )
+        if self.projection is not None:
+            npz = f"weights/L{index}_shortcut.npz"
+            entry["shortcut_projection"] = {
+                "rule": "Y[o] = sum_c q[s*r, s*c, c_in] * Wq[c_in, o] (q at every s-th row and column from 0); "
+                "short = clamp(floor((Y + C + 2^(G-1)) / 2^G), -2^29, 2^29); int64 arithmetic",
+                "weights_npz": npz,
+                "offset": self.projection.offset.tolist(),
+                "shift": self.projection.shift.tolist(),
+            }
+            np.savez(
+                os.path.join(out_dir, npz),
+                weights_cin_cout=self.projection_weights,
+                offset=self.projection.offset,
+                shift=self.projection.shift,
+            )
         return entry
 
     def golden_extra(self, index, image_input):
-        return super().golden_extra(index, (image_input >= 0).astype(np.uint8))
+        files = super().golden_extra(index, (image_input >= 0).astype(np.uint8))
+        if self.projection is not None:
+            short = self.projected(image_input)[0]
+            files[f"L{index}_shortcut.txt"] = [" ".join(map(str, r)) for r in pixel_rows(short)]
+        return files
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -212,6 +263,31 @@ class HeadStage(_LogitsOutput, Stage):
         norm = {} if self.norm is None else {"A": self.norm[0], "B": self.norm[1]}
         np.savez(os.path.join(out_dir, entry["weights_npz"]), kernel=self.weights, bias=self.bias, **norm)
         return entry
+
+
+def projection_stage_integers(
+    kernel: np.ndarray, affine: tuple[np.ndarray, np.ndarray], frac_bits: int
+) -> tuple[np.ndarray, FixedPointAffine]:
+    """``(Wq int64 [C_in, C_out], fixed point with M = 1)`` of a float model's option-B shortcut: 1x1
+    HWIO ``kernel`` and its norm ``affine = (A, B)``; ``Wq = round(A W 2**G)`` with the largest ``G``
+    (at most 48) keeping ``2**F sum |Wq| < 2**60`` and ``|C| = |B| 2**(F+G) < 2**59``."""
+    a, b = affine
+    folded = np.asarray(kernel, np.float64)[0, 0] * a[None, :]
+    reach = np.maximum(np.sum(np.abs(folded), axis=0), 1e-300)
+    with np.errstate(divide="ignore"):
+        g_w = np.floor(60 - frac_bits - np.log2(reach + folded.shape[0]) - 1)
+        g_c = np.floor(59 - frac_bits - np.log2(np.maximum(np.abs(b), 1.0)) - 1)
+    g = np.clip(np.minimum(g_w, g_c), 1, 48).astype(np.int64)
+    wq = np.round(folded * np.exp2(g)).astype(np.int64)
+    offset = np.round(b * np.exp2(frac_bits + g)).astype(np.int64)
+    return wq, FixedPointAffine(np.ones_like(g), offset, g, frac_bits)
+
+
+def projection_from_stream(p: fixed_stream.Projection, frac_bits: int) -> tuple[np.ndarray, FixedPointAffine]:
+    """A model's own option-B integers (``fixed_stream.Projection``) as ``(Wq, fixed point)``: ``C = E 2**G + R``."""
+    shift = np.asarray(p.shift, np.int64)
+    offset = np.asarray(p.carry, np.int64) * (np.int64(1) << shift) + np.asarray(p.remainder, np.int64)
+    return np.asarray(p.weights, np.int64), FixedPointAffine(np.ones_like(shift), offset, shift, frac_bits)
 
 
 def quantize_stem_weights(scaled: np.ndarray, part_bits: int) -> tuple[np.ndarray, int]:
