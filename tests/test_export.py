@@ -15,7 +15,7 @@ from flax import nnx
 from configs import default
 from irnet_jax import binarization as bz
 from irnet_jax import data as data_lib
-from irnet_jax import export, layers, trainer
+from irnet_jax import export, trainer
 from irnet_jax.export import folding
 from irnet_jax.layers import BinaryConv, record_layer_calls
 from irnet_jax.train_state import build_model
@@ -157,13 +157,21 @@ def test_resnets_export_as_a_fixed_point_stream_or_are_refused_with_reason(optio
     images = np.random.default_rng(3).integers(0, 256, (16, 32, 32, 3), np.uint8)
     logits, trace = export.run_numpy(folded, images, trace=True)
     x = data_lib.normalize(jnp.asarray(images), data_lib.get_dataset_info("cifar10"), normalization="imagenet")
-    stem_value = np.asarray(layers.hardtanh(model.stem_bn(model.stem(x))))
-    # Within the stem weights' rounding: half a unit of 2**-G per weight, times 255 per pixel, 27 taps
-    # and the channel's norm scale A, plus the output's and the offsets' rounding at 2**-22.
+    # The integer stem against the exact (float64) stem: within the rounding of its weights (half a unit
+    # of 2**-G per weight, times 255 per pixel and 27 taps; the norm is folded in) and of the output
+    # and the offsets (2**-22 in all).
     stem = folded.stages[0]
-    a, _ = folding.norm_affine(model.stem_bn, stem.weights_int.shape[-1])
-    bound = 0.5 * 2.0**-stem.weight_frac_bits * 255 * 27 * np.abs(a) + 2.0**-20
-    assert np.all(np.abs(trace[0]["output"] * 2.0**-22 - stem_value) <= bound)
+    a, b = folding.norm_affine(model.stem_bn, stem.weights_int.shape[-1])
+    mean, std = data_lib.normalization_stats(data_lib.get_dataset_info("cifar10"), "imagenet")
+    with jax.enable_x64(True):
+        x64 = jnp.asarray((images / 255.0 - np.asarray(mean)) / np.asarray(std))
+        w64 = jnp.asarray(np.asarray(model.stem.kernel[...], np.float64))
+        y64 = jax.lax.conv_general_dilated(
+            x64, w64, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    exact = np.clip(a * np.asarray(y64) + b, -1, 1)
+    bound = 0.5 * 2.0 ** -np.asarray(stem.weight_frac_bits) * 255 * 27 + 2.0**-22
+    assert np.all(np.abs(trace[0]["output"] * 2.0**-22 - exact) <= bound)
     model_logits = np.asarray(model(x))
     np.testing.assert_array_equal(np.argmax(logits, -1), np.argmax(model_logits, -1))
     engine = export.make_jax_engine(folded)

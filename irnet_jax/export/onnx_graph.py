@@ -233,12 +233,15 @@ def projection(g: GraphBuilder, q: str, stage: ResidualConvStage, i: int) -> str
 
 
 def integer_stem(g: GraphBuilder, x: str, stage: IntegerStemStage, i: int) -> str:
-    """``Y = conv(p, Wq_hi) 2**P + conv(p, Wq_lo)`` (each exact in float32), then the fixed point."""
-    parts = []
-    for name, w in zip(("hi", "lo"), stage.parts()):
-        y = conv(g, x, g.const(np.ascontiguousarray(w.transpose(3, 2, 0, 1)), f"L{i}_weights_{name}"), stage, stage.pad)
-        parts.append(g.op("Cast", [y], to=TensorProto.INT64))
-    y = g.op("Add", [g.op("Mul", [parts[0], g.const(np.int64(1 << stage.part_bits), "part")]), parts[1]])
+    """``Y = sum_k conv(p, part_k) 2**(k P)`` (each conv exact in float32, summed in int64), then the
+    fixed point."""
+    y = None
+    for k, w in enumerate(stage.parts()):
+        weights = g.const(np.ascontiguousarray(w.transpose(3, 2, 0, 1)), f"L{i}_weights_part{k}")
+        part = g.op("Cast", [conv(g, x, weights, stage, stage.pad)], to=TensorProto.INT64)
+        if k:
+            part = g.op("Mul", [part, g.const(np.int64(1 << (k * stage.part_bits)), "part")])
+        y = part if y is None else g.op("Add", [y, part])
     return to_value(g, fixed_point_int64(g, y, stage.fixed, stage.max_abs_sum()), stage.fixed.frac_bits)
 
 

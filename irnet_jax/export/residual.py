@@ -6,12 +6,12 @@ hardtanh's range). Three stage kinds:
 * ``int_stem_conv`` (the float first conv + BatchNorm + hardtanh): the normalization is folded into
   the weights, ``x_c = p_c / (255 std_c) - mean_c / std_c`` for uint8 pixels ``p``, so
   ``conv(x, W) = conv(p, W / (255 std)) + b[r, c, o]`` where ``b`` sums ``W * (-mean / std)`` over the
-  taps inside the image (it varies at the border, where ``x`` is zero-padded). The weights are
-  integers ``Wq = round(W / (255 std) 2**G)``, so ``Y = conv(p, Wq)`` is an exact integer, and
-  ``q = clamp(floor((M Y + C[r, c, o] + 2**(S-1)) / 2**S), -2**F, 2**F)`` (``fixed_point``) with
-  ``M / 2**S ~ A 2**(F-G)``, ``C ~ (A b + B) 2**(F+S)`` (``A, B``: the folded norm). ``Wq`` is split
-  as ``Wq_hi 2**P + Wq_lo`` (``0 <= Wq_lo < 2**P``) so that each partial conv stays below 2**24 and is
-  exact in float32 too (ONNX).
+  taps inside the image (it varies at the border, where ``x`` is zero-padded). With the norm ``A, B``
+  folded in too, the weights are integers ``Wq_o = round(A_o W_o / (255 std) 2**G_o)``, so ``Y =
+  conv(p, Wq)`` is an exact integer, and ``q = clamp(floor((Y + C[r, c, o] + 2**(S-1)) / 2**S), -2**F,
+  2**F)`` (``fixed_point`` with ``M = 1``), ``S = G - F``, ``C = round((A b + B) 2**G)``. ``Wq`` is
+  written in base ``2**P`` digits (three for a float model: about 32 bits per weight; two for a model's
+  own integers) so that each partial conv stays below 2**24 and is exact in float32 too (ONNX).
 * ``binary_conv_residual`` (one binary conv of a block): bits ``a = (q >= 0)``, ``D`` as a binary conv
   (zero padding: +1 bits and the border table), ``t = fixed point of BN(s D)`` clamped to ``+-2**(F+1)``,
   ``q' = clamp(t + shortcut(q), -2**F, 2**F)``; the shortcut is ``q`` itself or option A (``q`` at
@@ -39,7 +39,7 @@ import numpy as np
 
 from irnet_jax import fixed_stream
 from irnet_jax.export.border import BorderCorrection, class_table
-from irnet_jax.export.fixed_point import FixedPointAffine, fixed_point_affine
+from irnet_jax.export.fixed_point import FixedPointAffine
 from irnet_jax.export.stages import BinaryConvStage, Stage, _ConvGeometry, _LogitsOutput, pixel_rows
 
 
@@ -76,20 +76,28 @@ class IntegerStemStage(_ConvGeometry, Stage):
     weight_frac_bits: int | list[int]  # G (one per output channel for a model's own integers)
     part_bits: int  # P
     fixed: FixedPointAffine
+    num_parts: int = 2  # Wq = sum_k part_k 2**(k P): 2 for a model's own integers, 3 for a float model's
 
     def max_abs_sum(self) -> float:
         """The largest ``|Y|`` the integer conv can reach on uint8 pixels: ``255 max_o sum |Wq[., o]|``."""
         return max_abs_stem_sum(self.weights_int)
 
-    def parts(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(Wq_hi, Wq_lo)`` as float32 HWIO, ``Wq = Wq_hi 2**P + Wq_lo``, ``0 <= Wq_lo < 2**P``."""
-        hi = np.floor_divide(self.weights_int, 1 << self.part_bits)
-        return hi.astype(np.float32), (self.weights_int - hi * (1 << self.part_bits)).astype(np.float32)
+    def parts(self) -> list[np.ndarray]:
+        """``Wq``'s base-``2**P`` digits as float32 HWIO, lowest first: ``Wq = sum_k part_k 2**(k P)`` with
+        ``0 <= part_k < 2**P`` except the last (signed), so each partial conv is exact in float32."""
+        rest, digits = np.asarray(self.weights_int, np.int64), []
+        for _ in range(self.num_parts - 1):
+            high = np.floor_divide(rest, 1 << self.part_bits)
+            digits.append((rest - high * (1 << self.part_bits)).astype(np.float32))
+            rest = high
+        return digits + [rest.astype(np.float32)]
 
     def integer_conv(self, pixels, xp):
-        """``Y = conv(p, Wq)``: two exact float32 convs, combined in int64 (``xp.int64``: JAX needs x64)."""
-        ys = [
-            jax.lax.conv_general_dilated(
+        """``Y = conv(p, Wq)``: one exact float32 conv per part, combined in int64 (``xp.int64``: JAX
+        needs x64)."""
+        y = 0
+        for k, w in enumerate(self.parts()):
+            part = jax.lax.conv_general_dilated(
                 jnp.asarray(pixels, jnp.float32),
                 jnp.asarray(w),
                 (self.stride,) * 2,
@@ -97,10 +105,8 @@ class IntegerStemStage(_ConvGeometry, Stage):
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 precision=jax.lax.Precision.HIGHEST,  # exact float32 (no TF32/bfloat16 passes on a GPU/TPU)
             )
-            for w in self.parts()
-        ]
-        hi, lo = (xp.asarray(y).astype(xp.int64) for y in ys)
-        return hi * (1 << self.part_bits) + lo
+            y = y + xp.asarray(part).astype(xp.int64) * (1 << (k * self.part_bits))
+        return y
 
     def reference(self, x):
         return self.fixed.apply(self.integer_conv(x, np)), None
@@ -123,6 +129,8 @@ class IntegerStemStage(_ConvGeometry, Stage):
             rule="Y = conv(p, Wq) (zero padding, exact integers); q = fixed point with the offset of the "
             "output position's border class",
             weight_frac_bits=self.weight_frac_bits,
+            weight_parts=f"Wq = sum_k part_k 2^(k*{self.part_bits}), k < {self.num_parts}: each partial conv of "
+            "uint8 pixels stays below 2^24 (exact in float32)",
             weights_npz=npz,
             fixed_point=self.fixed.entry()
             | {
@@ -290,34 +298,39 @@ def projection_from_stream(p: fixed_stream.Projection, frac_bits: int) -> tuple[
     return np.asarray(p.weights, np.int64), FixedPointAffine(np.ones_like(shift), offset, shift, frac_bits)
 
 
-def quantize_stem_weights(scaled: np.ndarray, part_bits: int) -> tuple[np.ndarray, int]:
-    """``(Wq, G)``: ``Wq = round(scaled 2**G)`` with the largest ``G`` keeping ``|Wq| < 2**(2P - 1)``
-    (then ``Wq_hi`` and ``Wq_lo`` each fit in ``P`` bits)."""
-    largest = max(float(np.max(np.abs(scaled))), 1e-30)
-    g = int(np.floor(2 * part_bits - 1 - np.log2(largest) - 1e-9))
-    return np.round(scaled * 2.0**g).astype(np.int64), g
-
-
 def stem_stage(
     weights: np.ndarray, affine, in_shape, stride: int, pad: int, mean, std, frac_bits: int
 ) -> IntegerStemStage:
     """The integer stem of a float conv ``weights`` (HWIO) + norm ``affine = (A, B)`` + hardtanh on
-    images normalized with ``mean``/``std`` (module docstring)."""
-    k, _, c_in, _ = weights.shape
+    images normalized with ``mean``/``std`` (module docstring), with ``A`` folded into the weights
+    (``M = 1``): ``Wq_o = round(A_o W'_o 2**G_o)`` in three base-``2**P`` parts, ``G_o`` the largest
+    keeping ``|Wq| < 2**(3P - 1)`` and ``|C| < 2**58``, ``S_o = G_o - F`` in ``[1, 48]``."""
+    k, _, c_in, c_out = weights.shape
     alpha = 1.0 / (255.0 * np.asarray(std, np.float64))
     beta = -np.asarray(mean, np.float64) / np.asarray(std, np.float64)
-    part_bits = fixed_stream.pixel_part_bits(k * k * c_in)
-    wq, g = quantize_stem_weights(weights.astype(np.float64) * alpha[None, None, :, None], part_bits)
+    part_bits, num_parts = fixed_stream.pixel_part_bits(k * k * c_in), 3
     a, b = affine
-    bias = a * fixed_stream.constant_image_conv(weights.astype(np.float64), beta, in_shape[:2], stride, pad) + b
-    fixed = fixed_point_affine(a * 2.0**-g, bias, max_abs_stem_sum(wq), frac_bits)
+    folded = weights.astype(np.float64) * alpha[None, None, :, None] * a
+    reach = 255.0 * np.sum(np.abs(folded), axis=(0, 1, 2))
+    z0 = a * fixed_stream.constant_image_conv(weights.astype(np.float64), beta, in_shape[:2], stride, pad) + b
+    z0 = np.clip(z0, -(reach + 2.0), reach + 2.0)  # beyond it the hardtanh saturates for every image
+    largest = np.maximum(np.max(np.abs(folded), axis=(0, 1, 2)), 1e-30)
+    with np.errstate(divide="ignore"):
+        g_w = np.floor(num_parts * part_bits - 1 - np.log2(largest) - 1e-9)
+        g_c = np.floor(58 - np.log2(np.maximum(np.max(np.abs(z0).reshape(-1, c_out), axis=0), 1.0)))
+    g = np.clip(np.minimum(g_w, g_c), frac_bits + 1, frac_bits + 48).astype(np.int64)
+    # A channel whose G is raised to F + 1 has its weights scaled to the bound (it saturates anyway).
+    wq = np.round(folded * np.exp2(np.minimum(g_w, g))).astype(np.int64)
+    offset = np.round(z0 * np.exp2(g)).astype(np.int64)
+    fixed = FixedPointAffine(np.ones(c_out, np.int64), offset, g - frac_bits, frac_bits)
     return IntegerStemStage(
         in_shape=in_shape,
         kernel_size=k,
         stride=stride,
         pad=pad,
         weights_int=wq,
-        weight_frac_bits=g,
+        weight_frac_bits=g.tolist(),
         part_bits=part_bits,
+        num_parts=num_parts,
         fixed=fixed,
     )
