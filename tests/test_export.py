@@ -16,6 +16,7 @@ from configs import default
 from irnet_jax import binarization as bz
 from irnet_jax import data as data_lib
 from irnet_jax import export, trainer
+from irnet_jax.export import bits as bit_ops
 from irnet_jax.export import folding
 from irnet_jax.layers import BinaryConv, record_layer_calls
 from irnet_jax.train_state import build_model
@@ -273,6 +274,60 @@ def test_integer_stem_files_store_the_offsets_per_border_class(tmp_path):
     assert entry["row_class_kernel_rows_outside"] == [[0], [], [2]]
 
 
+def exact_first_layer_bits(images, kernel, affine, mean, std, stride, pad, pool, ceil):
+    """The float first layer + norm + sign in float64: normalize, zero-padded conv, pool (``"sums"``:
+    of ``y``; ``"bits"``: of the bits), ``A y + B >= 0``."""
+    x = (images / 255.0 - np.asarray(mean)) / np.asarray(std)
+    y = np.asarray(
+        jax.lax.conv_general_dilated(
+            jnp.asarray(x), jnp.asarray(kernel), (stride, stride), ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest",
+        )
+    )  # fmt: skip
+    if pool == "sums":
+        y = bit_ops.pool2(y, ceil, -np.inf)
+    out = (y * affine[0] + affine[1] >= 0).astype(np.uint8)
+    return bit_ops.pool2(out, ceil, 0) if pool == "bits" else out
+
+
+FIRST_LAYER_GEOMETRIES = [  # (image, channels out, kernel, stride, pad, pool, ceil mode)
+    ((28, 28, 1), 8, 3, 1, 1, "sums", False),  # MNIST net
+    ((32, 32, 3), 12, 3, 1, 1, "none", False),  # VGG-Small
+    ((32, 32, 3), 6, 11, 4, 5, "bits", True),  # AlexNet
+    ((9, 7, 2), 5, 3, 1, 1, "sums", True),  # odd sizes: partial windows, ANDed where A < 0
+]
+
+
+@pytest.mark.parametrize("geometry", FIRST_LAYER_GEOMETRIES)
+def test_integer_first_layer_equals_the_float_first_layer_in_float64(geometry):
+    """Property: the integer first layer (normalization and norm folded into integer weights and
+    per-position offsets, ``Z = conv(p, Wq) + C``, bit ``Z >= 0``, pooled as OR/AND) gives the bits of
+    the float first layer computed in float64, for negative, zero and huge norm scales; NumPy, the
+    packed engine agree (ONNX: the graph tests)."""
+    from irnet_jax.export import integer_stem
+
+    shape, c_out, k, stride, pad, pool, ceil = geometry
+    rng = np.random.default_rng(k + c_out)
+    kernel = rng.normal(0, 0.3, (k, k, shape[-1], c_out))
+    a = rng.normal(0, 1, c_out) * 10.0 ** rng.uniform(-3, 3, c_out)
+    a[0], a[1] = 0.0, -abs(a[1])
+    b = rng.normal(0, 0.5, c_out) * np.abs(a)
+    b[0] = -1e-3
+    mean, std = rng.uniform(0.2, 0.6, shape[-1]), rng.uniform(0.1, 0.4, shape[-1])
+    geometry_fields = dict(in_shape=shape, kernel_size=k, stride=stride, pad=pad, pool=pool, ceil_pool=ceil)
+    stage = integer_stem.first_conv_stage(kernel, (a, b), mean, std, **geometry_fields)
+    images = rng.integers(0, 256, (16, *shape), np.uint8)
+    images[0] = 0
+    images[1] = 255
+    expected = exact_first_layer_bits(images.astype(np.float64), kernel, (a, b), mean, std, stride, pad, pool, ceil)
+    bits, _ = stage.reference(images.astype(np.float32))
+    np.testing.assert_array_equal(bits, expected)
+    assert 0 < expected.mean() < 1 and stage.output_hw() == expected.shape[1:3]
+    packed = jax.jit(stage.packed())  # built outside x64, run inside it (as the engine does)
+    with jax.enable_x64(True):
+        np.testing.assert_array_equal(np.asarray(packed(images.astype(np.float32))), bits)
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_zero_padding_correction_equals_the_zero_padded_conv(seed):
     """Property: +1 border bits, XNOR-popcount, minus the border-class table == the integer conv of the
@@ -336,13 +391,15 @@ def test_paper_configs_fold_with_zero_padding_and_a_fixed_point_classifier_input
     model = randomize(build_model(config, nnx.Rngs(1)), 1)
     folded = export.fold(model, config)
     kinds = [s.kind for s in folded.stages]
-    assert kinds[0] == "float_conv" and kinds[-1] == "float_dense" and set(kinds[1:-1]) == {"binary_conv"}
+    assert kinds[0] == "int_first_conv" and kinds[-1] == "float_dense" and set(kinds[1:-1]) == {"binary_conv"}
     assert all(s.border is not None for s in folded.stages[1:-1]) and folded.stages[-2].fixed is not None
     h, w, c = (28, 28, 1) if config.dataset == "mnist" else (32, 32, 3)
     images = np.random.default_rng(2).integers(0, 256, (32, h, w, c), np.uint8)
     logits, trace = export.run_numpy(folded, images, trace=True)
+    info = data_lib.get_dataset_info(config.dataset)
+    normalized = data_lib.normalize(jnp.asarray(images), info, normalization=config.normalization)
     with record_layer_calls() as calls:
-        model_logits = np.asarray(model(jnp.asarray(export.first_layer_input(images, folded))))
+        model_logits = np.asarray(model(normalized))
     q = trace[-1]["input"].reshape(len(images), -1)
     unit = 2.0 ** -folded.stages[-1].input_frac_bits
     assert np.max(np.abs(q * unit - np.asarray(calls[-1].matmul_input))) <= 1.01 * unit
@@ -628,7 +685,7 @@ def test_export_command_on_a_trained_mnist_net(config_name, tfds_dir, tmp_path):
     assert manifest["format"]["version"] == export.FORMAT_VERSION
     kinds = [l["kind"] for l in manifest["layers"]]
     if config_name == "mnistnet_mnist":
-        assert kinds == ["float_conv", "binary_conv", "binary_conv", "float_dense"]
+        assert kinds == ["int_first_conv", "binary_conv", "binary_conv", "float_dense"]
         assert manifest["layers"][2]["output"] == "fixed_point" and manifest["layers"][1]["border_correction"]
         assert len(read_lines(out / "golden" / "img1" / "L2_out.txt")) == 9  # 3x3 pixels of q
     else:

@@ -4,6 +4,8 @@ engine, golden vectors for RTL (``python -m irnet_jax.export``).
     folding   model -> ``FoldedModel`` (integer thresholds, weight bits; the math is in its docstring)
     border    zero padding on an XNOR datapath: +1 border bits and a per-border-class correction
     fixed_point  a float classifier's input (hardtanh of the folded norm) as int64 multiply-shift-clamp
+    integer_stem  a float first layer as an exact integer conv of the uint8 pixels (sequential nets, ResNets)
+    residual  the ResNets' fixed-point residual stream
     stages    one class per stage kind: NumPy reference, packed JAX form, manifest entry, golden files
     bits      bit-level operations (padding, patches, pooling, XNOR-popcount, packing, text lines)
     engine    running a folded model (NumPy reference, packed JAX engine) and the float model
@@ -32,7 +34,6 @@ from irnet_jax.export.pipeline import export_checkpoint
 from irnet_jax.export.stages import (
     BinaryConvStage,
     BinaryDenseStage,
-    FloatConvStage,
     FloatDenseStage,
     FoldedModel,
     Stage,
@@ -46,7 +47,6 @@ __all__ = [
     "BorderCorrection",
     "FixedPointAffine",
     "ExportError",
-    "FloatConvStage",
     "FloatDenseStage",
     "FoldedModel",
     "Stage",

@@ -20,9 +20,8 @@ from irnet_jax.train_state import input_normalization
 
 
 def first_layer_input(images_u8: np.ndarray, folded: FoldedModel) -> np.ndarray:
-    """Bits (binary first layer: the encoded planes, ``[N, H, W, C * levels]``) or normalized float32
-    pixels (float first layer) or the pixel values as float32 (an integer stem) of ``[N, H, W, C]``
-    uint8 images."""
+    """Bits (binary first layer: the encoded planes, ``[N, H, W, C * levels]``) or the pixel values as
+    float32 (an integer first layer or stem) of ``[N, H, W, C]`` uint8 images."""
     if getattr(folded.stages[0], "takes_pixels", False):
         return np.asarray(images_u8, np.float32)
     if isinstance(folded.stages[0], BinaryConvStage):
@@ -30,14 +29,13 @@ def first_layer_input(images_u8: np.ndarray, folded: FoldedModel) -> np.ndarray:
             raise ExportError("a binary first layer needs an input encoding (input_encoding thermometer/bitplanes)")
         planes = encoding.encode(jnp.asarray(images_u8), folded.input_encoding, folded.encoding_levels)
         return (np.asarray(planes) > 0).astype(np.uint8)
-    info = data_lib.get_dataset_info(folded.dataset)
-    return np.asarray(data_lib.normalize(jnp.asarray(images_u8), info, normalization=folded.normalization))
+    raise ExportError(f"no input form for a first stage of kind {folded.stages[0].kind!r}")
 
 
 def run_numpy(folded: FoldedModel, images_u8: np.ndarray, trace: bool = False) -> tuple[np.ndarray, list[dict]]:
     """The folded model on ``[N, H, W, C] uint8`` images: ``(logits [N, classes] float32, per-stage trace)``.
 
-    The trace holds, per stage: ``input`` (bits, or float pixels for a float first layer), ``sums``
+    The trace holds, per stage: ``input`` (bits, or the pixel values for an integer first layer), ``sums``
     (integer D before pooling/threshold, binary stages only) and ``output`` (bits, or the fixed-point
     ``q`` before a float classifier; logits last)."""
     x = first_layer_input(images_u8, folded)
@@ -55,7 +53,7 @@ def run_numpy(folded: FoldedModel, images_u8: np.ndarray, trace: bool = False) -
 
 def make_jax_engine(folded: FoldedModel) -> Callable[[jax.Array], jax.Array]:
     """A jitted ``engine(first_layer_input) -> logits`` running XNOR + ``lax.population_count`` on
-    packed uint32 words (a float first layer as a float32 conv). It runs with 64-bit integers enabled
+    packed uint32 words (an integer first layer as exact float32 convs). It runs with 64-bit integers enabled
     (a fixed-point stage multiplies in int64); every other array has an explicit 32-bit type."""
     runs = [stage.packed() for stage in folded.stages]
 

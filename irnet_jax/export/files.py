@@ -23,10 +23,13 @@ from irnet_jax import data as data_lib
 from irnet_jax import encoding
 from irnet_jax.export import bits as bit_ops
 from irnet_jax.export.engine import run_numpy
+from irnet_jax.export.integer_stem import IntegerFirstConvStage
 from irnet_jax.export.stages import FoldedModel, Lines, pixel_rows, write_lines
 
 FORMAT_NAME = "irnet_jax binary export"
-FORMAT_VERSION = 4  # 3: the stem's offsets per border class (offset_table); 4: option-B shortcuts (ResNet-18)
+# 3: the stem's offsets per border class (offset_table); 4: option-B shortcuts (ResNet-18);
+# 5: a sequential net's float first layer as an integer conv of the pixels (int_first_conv)
+FORMAT_VERSION = 5
 
 
 def golden_files(folded: FoldedModel, trace: list[dict], n: int) -> dict[str, Lines]:
@@ -105,7 +108,6 @@ def format_section(folded: FoldedModel) -> dict[str, Any]:
         "float_order": {
             "binary_dense": "logits = float32(D) * logit_scale, rounded to float32, then + bias (no fused multiply-add)",
             "float_dense": "v = float32(q) * 2^-F (exact); logits = v @ W in float32 (any summation order), then + bias",
-            "float_conv": "y = conv(x, W) in float32 (summation order unspecified); bit = (A*y + B >= 0), A, B float32",
             "avgpool_float_dense": "v = float32(sum_hw q) * float32(2^-F / (H*W)); v = v * A + B; logits = v @ W + b",
         },
         "argmax": "the predicted class is the lowest index among equal largest logits",
@@ -141,6 +143,9 @@ def _sizes(folded: FoldedModel) -> dict[str, int]:
             if getattr(s, "fixed", None) is not None
         ),
         "stem_weights_int64": sum(8 * s.weights_int.size for s in stages if hasattr(s, "weights_int")),
+        "first_layer_offsets_int64": sum(
+            8 * s.offset_classes().table.size for s in stages if isinstance(s, IntegerFirstConvStage)
+        ),
         "shortcut_weights_int64": sum(
             8 * s.projection_weights.size for s in stages if getattr(s, "projection_weights", None) is not None
         ),
@@ -153,7 +158,8 @@ def _stored_offsets(stage) -> np.ndarray:
 
 
 def _normalization(folded: FoldedModel) -> dict[str, Any]:
-    """How a float first layer's input is formed from the uint8 image: ``(x / 255 - mean) / std``."""
+    """The normalization the trained model's float first layer saw, ``(x / 255 - mean) / std`` (folded
+    into the integer first layer's weights and offsets)."""
     mean, std = data_lib.normalization_stats(data_lib.get_dataset_info(folded.dataset), folded.normalization)
     return {"name": folded.normalization, "rule": "(pixel / 255 - mean[c]) / std[c]", "mean": mean, "std": std}
 
@@ -169,8 +175,8 @@ def _manifest(folded: FoldedModel, source: dict, labels: np.ndarray, layers: lis
             "levels": folded.encoding_levels,
             "image": "uint8 [H, W, C]",
             "normalization": _normalization(folded),
-            "onnx_input": "[N, C, H, W] float32: the normalized pixels (float first layer), the +1/-1 planes "
-            "(binary first layer) or the pixel values 0..255 (a ResNet's integer stem)",
+            "onnx_input": "[N, C, H, W] float32: the pixel values 0..255 (an integer first layer or stem, "
+            "the normalization folded in) or the +1/-1 planes (binary first layer)",
         },
         "folding": "z = A*y + B (BatchNorm: A = gamma/sqrt(var+eps), B = beta - mean*A; offset: A = 1); "
         "y = s*D; M = A*s; bit = D >= ceil(-B/M) (M > 0), D <= floor(-B/M) (M < 0, flip), "

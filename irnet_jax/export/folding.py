@@ -16,8 +16,8 @@ keeps the sign; ``sign(0) = +1``). With ``M_o = A_o * s_o`` (the power-of-two sc
 Max-pooling before the norm pools the integer sums (``max D``) and then thresholds; pooling after the
 norm (AlexNet) is a bitwise OR of +1 bits. Padding is constant bits, a checkerboard, or zeros: a
 zero-padded binary conv runs with +1 border bits and subtracts a per-channel correction per border
-class (``border``). A full-precision first layer (the paper's setting) stays a float32 convolution +
-threshold. A full-precision last layer is a float32 matrix product on what the model gives it, the
+class (``border``). A full-precision first layer (the paper's setting) becomes an exact integer conv of
+the uint8 pixels with the normalization and the norm folded in, and a sign (``integer_stem``). A full-precision last layer is a float32 matrix product on what the model gives it, the
 last block's ``hardtanh(z)``, computed from ``D`` in fixed point (``fixed_point``). Models describe
 their stages themselves (``models.ConvStage``).
 """
@@ -34,22 +34,14 @@ from irnet_jax import fixed_stream
 from irnet_jax.errors import UserError
 from irnet_jax.export.border import BorderCorrection, border_correction
 from irnet_jax.export.fixed_point import DEFAULT_FRAC_BITS, FixedPointAffine, fixed_point_affine
+from irnet_jax.export.integer_stem import IntegerStemStage, first_conv_stage, stem_stage
 from irnet_jax.export.residual import (
     HeadStage,
-    IntegerStemStage,
     ResidualConvStage,
     projection_from_stream,
     projection_stage_integers,
-    stem_stage,
 )
-from irnet_jax.export.stages import (
-    BinaryConvStage,
-    BinaryDenseStage,
-    FloatConvStage,
-    FloatDenseStage,
-    FoldedModel,
-    Stage,
-)
+from irnet_jax.export.stages import BinaryConvStage, BinaryDenseStage, FloatDenseStage, FoldedModel, Stage
 from irnet_jax.layers import Offset, ShiftBinaryConv
 from irnet_jax.models import ConvStage
 from irnet_jax.train_state import model_input_shape
@@ -121,10 +113,11 @@ def _border(conv, bits: np.ndarray, in_shape: tuple[int, int, int]) -> BorderCor
 
 
 def fold_conv(
-    spec: ConvStage, in_shape: tuple[int, int, int], first: bool, fixed_output: bool, frac_bits: int
+    spec: ConvStage, in_shape: tuple[int, int, int], first: bool, fixed_output: bool, frac_bits: int, pixel_stats
 ) -> Stage:
-    """One conv stage (conv, pool, norm, sign) of a model as a binary or float conv stage;
-    ``fixed_output``: a float layer follows, so the stage outputs ``hardtanh(norm)`` in fixed point."""
+    """One conv stage (conv, pool, norm, sign) of a model as a binary or integer first conv stage;
+    ``fixed_output``: a float layer follows, so the stage outputs ``hardtanh(norm)`` in fixed point;
+    ``pixel_stats``: the ``(mean, std)`` a full-precision first layer's input was normalized with."""
     conv = spec.conv
     if isinstance(conv, ShiftBinaryConv):
         raise ExportError("shift convs (two thresholds per input) are not exportable yet")
@@ -147,8 +140,8 @@ def fold_conv(
             **geometry, pad_bit=conv.pad_value, weight_bits=bits, threshold=threshold, flip=flip, border=border
         )
     if first and not conv.binarize_weights and not conv.binarize_activations and not fixed_output:
-        weights = np.asarray(conv.kernel[...], np.float32)
-        return FloatConvStage(**geometry, pad_bit="zero", weights=weights, affine=(a, b))
+        weights = np.asarray(conv.kernel[...], np.float64)
+        return first_conv_stage(weights, (a, b), *pixel_stats, **geometry)
     raise ExportError(
         "only the first conv may be full precision (and not the only conv), and no conv may be 1w32a, to export"
     )
@@ -294,11 +287,12 @@ def fold(model: nnx.Module, config: ml_collections.ConfigDict, frac_bits: int = 
     conv_specs, fc = model.export_stages()
     frac_bits = frac_bits or DEFAULT_FRAC_BITS
     shape = model_input_shape(config)
+    pixel_stats = data_lib.normalization_stats(data_lib.get_dataset_info(config.dataset), config.normalization)
     stages: list[Stage] = []
     float_classifier = not fc.binarize_activations
     for i, spec in enumerate(conv_specs):
         fixed = float_classifier and i == len(conv_specs) - 1
-        stages.append(fold_conv(spec, shape, not stages, fixed, frac_bits))
+        stages.append(fold_conv(spec, shape, not stages, fixed, frac_bits, pixel_stats))
         shape = (*stages[-1].output_hw(), spec.conv.out_features)
     stages.append(fold_classifier(fc, int(np.prod(shape)), frac_bits if float_classifier else None))
     return FoldedModel(stages, *meta)

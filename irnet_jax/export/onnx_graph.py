@@ -1,11 +1,11 @@
 """A folded model as an ONNX graph: plain ONNX (standard operators, float32 tensors holding exact
 +-1 and integer values) or QONNX for FINN (``BipolarQuant`` on the +-1 weights, ``MultiThreshold``
-with a BIPOLAR output for every sign: the folded norm's threshold, and ``A y + B >= 0`` after a float
+with a BIPOLAR output for every sign: the folded norm's threshold, and ``Z >= 0`` after an integer
 first layer).
 
 Both graphs take ``input`` ``[N, C, H, W]`` float32, the first layer's input as the engine has it
-(normalized pixels for a float first layer; +-1 planes for a binary one), and give ``logits [N,
-classes]``. Per stage ``i`` they name ``L<i>_sum`` (a binary conv's integer sums ``D`` before the
+(uint8 pixel values as float32 for an integer first layer or stem; +-1 planes for a binary one), and
+give ``logits [N, classes]``. Per stage ``i`` they name ``L<i>_sum`` (a binary conv's integer sums ``D`` before the
 pool, as float32), ``L<i>_out`` (+-1 bits, or the fixed-point value ``q * 2**-F``; the logits last).
 
 * binary conv: ``Conv`` of the +-1 input with the +-1 weights (``[C_out, C_in, k, k]`` = the weight
@@ -21,8 +21,9 @@ pool, as float32), ``L<i>_out`` (+-1 bits, or the fixed-point value ``q * 2**-F`
   2**-F. ``P`` (per channel) only keeps the dividend non-negative.
 * option-B shortcut: the int64 stream ``Slice``d to every ``s``-th row and column, ``Transpose`` to
   NHWC, an int64 ``MatMul`` with the integer weights (exact), ``Transpose`` back, the fixed point.
-* float layers as ``Conv``/``MatMul`` in float32; a dense layer's input is flattened in ``(h, w, c)``
-  order (``Transpose`` to NHWC first), as the model does.
+* integer first layer / stem: one float32 ``Conv`` per base-``2**P`` weight part (exact), ``Cast`` to
+  int64, combined and offset in int64. The float classifier: a float32 ``MatMul``. A dense layer's
+  input is flattened in ``(h, w, c)`` order (``Transpose`` to NHWC first), as the model does.
 """
 
 from __future__ import annotations
@@ -35,15 +36,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from irnet_jax.export import bits as bit_ops
-from irnet_jax.export.residual import HeadStage, IntegerStemStage, ResidualConvStage, wide_bound
-from irnet_jax.export.stages import (
-    BinaryConvStage,
-    BinaryDenseStage,
-    FloatConvStage,
-    FloatDenseStage,
-    FoldedModel,
-    Stage,
-)
+from irnet_jax.export.integer_stem import IntegerFirstConvStage, IntegerStemStage, _PixelConv
+from irnet_jax.export.residual import HeadStage, ResidualConvStage, wide_bound
+from irnet_jax.export.stages import BinaryConvStage, BinaryDenseStage, FloatDenseStage, FoldedModel, Stage
 
 OPSET = 13
 IR_VERSION = 8
@@ -232,9 +227,8 @@ def projection(g: GraphBuilder, q: str, stage: ResidualConvStage, i: int) -> str
     return fixed_point_int64(g, y, stage.projection, stage.max_abs_projection_sum(), bound=bound)
 
 
-def integer_stem(g: GraphBuilder, x: str, stage: IntegerStemStage, i: int) -> str:
-    """``Y = sum_k conv(p, part_k) 2**(k P)`` (each conv exact in float32, summed in int64), then the
-    fixed point."""
+def pixel_conv(g: GraphBuilder, x: str, stage: _PixelConv, i: int) -> str:
+    """``Y = sum_k conv(p, part_k) 2**(k P)`` (int64 NCHW; each conv exact in float32)."""
     y = None
     for k, w in enumerate(stage.parts()):
         weights = g.const(np.ascontiguousarray(w.transpose(3, 2, 0, 1)), f"L{i}_weights_part{k}")
@@ -242,7 +236,28 @@ def integer_stem(g: GraphBuilder, x: str, stage: IntegerStemStage, i: int) -> st
         if k:
             part = g.op("Mul", [part, g.const(np.int64(1 << (k * stage.part_bits)), "part")])
         y = part if y is None else g.op("Add", [y, part])
+    return y
+
+
+def integer_stem(g: GraphBuilder, x: str, stage: IntegerStemStage, i: int) -> str:
+    """The integer conv, then the fixed point (``integer_stem``)."""
+    y = pixel_conv(g, x, stage, i)
     return to_value(g, fixed_point_int64(g, y, stage.fixed, stage.max_abs_sum()), stage.fixed.frac_bits)
+
+
+def integer_first_conv(g: GraphBuilder, x: str, stage: IntegerFirstConvStage, i: int) -> str:
+    """``Z = Y + C`` (int64), its sign as +-1 (``Cast`` to float32 keeps the sign), then the pool: an OR
+    of +-1 bits is a ``MaxPool``, an AND (``pool_and``) a ``MaxPool`` between two ``Mul`` by -1."""
+    z = g.op("Add", [pixel_conv(g, x, stage, i), g.const(position_offsets(stage.offset), "offset")])
+    channels = stage.offset.shape[-1]
+    zeros = np.zeros(channels, np.int64)
+    out = sign_threshold(g, g.op("Cast", [z], to=TensorProto.FLOAT), zeros, zeros.astype(bool), flip_mul=False)
+    if stage.pool == "none":
+        return out
+    if stage.pool == "bits" or not stage.flip.any():
+        return pool(g, out, stage.ceil_pool)
+    sgn = g.const(per_channel(np.where(stage.flip, -1.0, 1.0)), "and_sign")
+    return g.op("Mul", [pool(g, g.op("Mul", [out, sgn]), stage.ceil_pool), sgn])
 
 
 def head(g: GraphBuilder, v: str, stage: HeadStage, i: int) -> str:
@@ -254,18 +269,6 @@ def head(g: GraphBuilder, v: str, stage: HeadStage, i: int) -> str:
         y = g.op("Add", [g.op("Mul", [y, g.const(stage.norm[0], "A")]), g.const(stage.norm[1], "B")])
     y = g.op("MatMul", [y, g.const(stage.weights.astype(np.float32), f"L{i}_weights")])
     return g.op("Add", [y, g.const(stage.bias.astype(np.float32), "bias")])
-
-
-def float_conv(g: GraphBuilder, x: str, stage: FloatConvStage, i: int) -> str:
-    weights = g.const(np.ascontiguousarray(stage.weights.transpose(3, 2, 0, 1)), f"L{i}_weights")  # OIHW
-    y = conv(g, x, weights, stage, stage.pad)
-    if stage.pool == "sums":
-        y = pool(g, y, stage.ceil_pool)
-    a, b = stage.affine
-    z = g.op("Add", [g.op("Mul", [y, g.const(per_channel(a), "A")]), g.const(per_channel(b), "B")])
-    channels = stage.weights.shape[-1]
-    out = sign_threshold(g, z, np.zeros(channels, np.int64), np.zeros(channels, bool), flip_mul=False)
-    return pool(g, out, stage.ceil_pool) if stage.pool == "bits" else out
 
 
 def flatten_hwc(g: GraphBuilder, x: str) -> str:
@@ -290,7 +293,7 @@ WRITERS = {
     ResidualConvStage: residual_conv,
     IntegerStemStage: integer_stem,
     HeadStage: head,
-    FloatConvStage: float_conv,
+    IntegerFirstConvStage: integer_first_conv,
     BinaryDenseStage: binary_dense,
     FloatDenseStage: float_dense,
 }
@@ -304,9 +307,9 @@ def stage_tensors(stage: Stage, i: int) -> dict[str, list]:
         return ({f"L{i}_sum": ["N", *classes]} if isinstance(stage, BinaryDenseStage) else {}) | {
             f"L{i}_out": ["N", *classes]
         }
-    if isinstance(stage, IntegerStemStage):
+    if isinstance(stage, _PixelConv):
         return {f"L{i}_out": ["N", stage.weights_int.shape[-1], *stage.output_hw()]}
-    c = stage.weights.shape[-1] if isinstance(stage, FloatConvStage) else stage.weight_bits.shape[0]
+    c = stage.weight_bits.shape[0]
     out = {f"L{i}_out": ["N", c, *stage.output_hw()]}
     return ({f"L{i}_sum": ["N", c, *stage.conv_output_hw()]} if isinstance(stage, BinaryConvStage) else {}) | out
 

@@ -3,15 +3,8 @@
 The stream ``q`` is int32 with ``F`` fractional bits (value ``q / 2**F``, in ``[-2**F, 2**F]``: the
 hardtanh's range). Three stage kinds:
 
-* ``int_stem_conv`` (the float first conv + BatchNorm + hardtanh): the normalization is folded into
-  the weights, ``x_c = p_c / (255 std_c) - mean_c / std_c`` for uint8 pixels ``p``, so
-  ``conv(x, W) = conv(p, W / (255 std)) + b[r, c, o]`` where ``b`` sums ``W * (-mean / std)`` over the
-  taps inside the image (it varies at the border, where ``x`` is zero-padded). With the norm ``A, B``
-  folded in too, the weights are integers ``Wq_o = round(A_o W_o / (255 std) 2**G_o)``, so ``Y =
-  conv(p, Wq)`` is an exact integer, and ``q = clamp(floor((Y + C[r, c, o] + 2**(S-1)) / 2**S), -2**F,
-  2**F)`` (``fixed_point`` with ``M = 1``), ``S = G - F``, ``C = round((A b + B) 2**G)``. ``Wq`` is
-  written in base ``2**P`` digits (three for a float model: about 32 bits per weight; two for a model's
-  own integers) so that each partial conv stays below 2**24 and is exact in float32 too (ONNX).
+* ``int_stem_conv`` (the float first conv + BatchNorm + hardtanh): an exact integer conv of the uint8
+  pixels with the normalization and the norm folded in, then the fixed point (``integer_stem``).
 * ``binary_conv_residual`` (one binary conv of a block): bits ``a = (q >= 0)``, ``D`` as a binary conv
   (zero padding: +1 bits and the border table), ``t = fixed point of BN(s D)`` clamped to ``+-2**(F+1)``,
   ``q' = clamp(t + shortcut(q), -2**F, 2**F)``; the shortcut is ``q`` itself or option A (``q`` at
@@ -33,19 +26,12 @@ import dataclasses
 import os
 from typing import ClassVar
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from irnet_jax import fixed_stream
-from irnet_jax.export.border import BorderCorrection, class_table
 from irnet_jax.export.fixed_point import FixedPointAffine
-from irnet_jax.export.stages import BinaryConvStage, Stage, _ConvGeometry, _LogitsOutput, pixel_rows
-
-
-def max_abs_stem_sum(weights_int: np.ndarray) -> float:
-    """``255 max_o sum |Wq[..., o]|`` of HWIO integer weights (uint8 pixels)."""
-    return 255.0 * float(np.max(np.abs(weights_int).reshape(-1, weights_int.shape[-1]).sum(0)))
+from irnet_jax.export.stages import BinaryConvStage, Stage, _LogitsOutput, pixel_rows
 
 
 def wide_bound(frac_bits: int) -> int:
@@ -63,98 +49,6 @@ def stream_shortcut(q, shortcut: str, stride: int, pad_channels: int, xp=np):
         raise ValueError("an option-B shortcut has weights: ResidualConvStage.projected")
     half = pad_channels // 2
     return xp.pad(q[:, ::stride, ::stride, :], ((0, 0), (0, 0), (0, 0), (half, pad_channels - half)))
-
-
-@dataclasses.dataclass(kw_only=True)
-class IntegerStemStage(_ConvGeometry, Stage):
-    """The float first conv, its norm and hardtanh on uint8 pixels (given as float32 ``[N, H, W, C]``),
-    in integers: ``weights_int`` HWIO int64 ``Wq``, ``fixed`` with one offset per output position."""
-
-    kind: ClassVar[str] = "int_stem_conv"
-    takes_pixels: ClassVar[bool] = True
-    weights_int: np.ndarray
-    weight_frac_bits: int | list[int]  # G (one per output channel for a model's own integers)
-    part_bits: int  # P
-    fixed: FixedPointAffine
-    num_parts: int = 2  # Wq = sum_k part_k 2**(k P): 2 for a model's own integers, 3 for a float model's
-
-    def max_abs_sum(self) -> float:
-        """The largest ``|Y|`` the integer conv can reach on uint8 pixels: ``255 max_o sum |Wq[., o]|``."""
-        return max_abs_stem_sum(self.weights_int)
-
-    def parts(self) -> list[np.ndarray]:
-        """``Wq``'s base-``2**P`` digits as float32 HWIO, lowest first: ``Wq = sum_k part_k 2**(k P)`` with
-        ``0 <= part_k < 2**P`` except the last (signed), so each partial conv is exact in float32."""
-        rest, digits = np.asarray(self.weights_int, np.int64), []
-        for _ in range(self.num_parts - 1):
-            high = np.floor_divide(rest, 1 << self.part_bits)
-            digits.append((rest - high * (1 << self.part_bits)).astype(np.float32))
-            rest = high
-        return digits + [rest.astype(np.float32)]
-
-    def integer_conv(self, pixels, xp):
-        """``Y = conv(p, Wq)``: one exact float32 conv per part, combined in int64 (``xp.int64``: JAX
-        needs x64)."""
-        y = 0
-        for k, w in enumerate(self.parts()):
-            part = jax.lax.conv_general_dilated(
-                jnp.asarray(pixels, jnp.float32),
-                jnp.asarray(w),
-                (self.stride,) * 2,
-                ((self.pad, self.pad),) * 2,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                precision=jax.lax.Precision.HIGHEST,  # exact float32 (no TF32/bfloat16 passes on a GPU/TPU)
-            )
-            y = y + xp.asarray(part).astype(xp.int64) * (1 << (k * self.part_bits))
-        return y
-
-    def reference(self, x):
-        return self.fixed.apply(self.integer_conv(x, np)), None
-
-    def packed(self):
-        return lambda x: self.fixed.apply(self.integer_conv(x, jnp), jnp)
-
-    def offset_classes(self) -> BorderCorrection:
-        """The fixed point's per-position offsets ``C [H', W', O]`` as one row per border class: they
-        come from the normalization's constant image conv over the taps inside the image
-        (``fixed_stream.constant_image_conv``), so they depend on the border class only."""
-        return class_table(self.fixed.offset, self.in_shape[:2], self.kernel_size, self.stride, self.pad)
-
-    def manifest_entry(self, index, out_dir):
-        entry = {**super().manifest_entry(index, out_dir), **self.geometry_entry()}
-        offsets = self.offset_classes()
-        npz = f"weights/L{index}_int.npz"
-        entry.update(
-            input="uint8 pixels [H, W, C] (the normalization is folded into the weights and offsets)",
-            rule="Y = conv(p, Wq) (zero padding, exact integers); q = fixed point with the offset of the "
-            "output position's border class",
-            weight_frac_bits=self.weight_frac_bits,
-            weight_parts=f"Wq = sum_k part_k 2^(k*{self.part_bits}), k < {self.num_parts}: each partial conv of "
-            "uint8 pixels stays below 2^24 (exact in float32)",
-            weights_npz=npz,
-            fixed_point=self.fixed.entry()
-            | {
-                "offset": {
-                    "rule": "C[r, c, o] = offset_table[row_class[r], col_class[c], o] (int64)",
-                    "offset_table": f"{npz}:offset_table",
-                    "row_class": offsets.row_class.tolist(),
-                    "col_class": offsets.col_class.tolist(),
-                    "row_class_kernel_rows_outside": [list(t) for t in offsets.row_taps],
-                    "col_class_kernel_cols_outside": [list(t) for t in offsets.col_taps],
-                }
-            },
-        )
-        np.savez(
-            os.path.join(out_dir, npz),
-            weights_hwio=self.weights_int,
-            multiplier=self.fixed.multiplier,
-            offset_table=offsets.table,
-            shift=self.fixed.shift,
-        )
-        return entry
-
-    def golden_output(self, index, output):
-        return {f"L{index}_out.txt": [" ".join(map(str, r)) for r in pixel_rows(output)]}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -296,41 +190,3 @@ def projection_from_stream(p: fixed_stream.Projection, frac_bits: int) -> tuple[
     shift = np.asarray(p.shift, np.int64)
     offset = np.asarray(p.carry, np.int64) * (np.int64(1) << shift) + np.asarray(p.remainder, np.int64)
     return np.asarray(p.weights, np.int64), FixedPointAffine(np.ones_like(shift), offset, shift, frac_bits)
-
-
-def stem_stage(
-    weights: np.ndarray, affine, in_shape, stride: int, pad: int, mean, std, frac_bits: int
-) -> IntegerStemStage:
-    """The integer stem of a float conv ``weights`` (HWIO) + norm ``affine = (A, B)`` + hardtanh on
-    images normalized with ``mean``/``std`` (module docstring), with ``A`` folded into the weights
-    (``M = 1``): ``Wq_o = round(A_o W'_o 2**G_o)`` in three base-``2**P`` parts, ``G_o`` the largest
-    keeping ``|Wq| < 2**(3P - 1)`` and ``|C| < 2**58``, ``S_o = G_o - F`` in ``[1, 48]``."""
-    k, _, c_in, c_out = weights.shape
-    alpha = 1.0 / (255.0 * np.asarray(std, np.float64))
-    beta = -np.asarray(mean, np.float64) / np.asarray(std, np.float64)
-    part_bits, num_parts = fixed_stream.pixel_part_bits(k * k * c_in), 3
-    a, b = affine
-    folded = weights.astype(np.float64) * alpha[None, None, :, None] * a
-    reach = 255.0 * np.sum(np.abs(folded), axis=(0, 1, 2))
-    z0 = a * fixed_stream.constant_image_conv(weights.astype(np.float64), beta, in_shape[:2], stride, pad) + b
-    z0 = np.clip(z0, -(reach + 2.0), reach + 2.0)  # beyond it the hardtanh saturates for every image
-    largest = np.maximum(np.max(np.abs(folded), axis=(0, 1, 2)), 1e-30)
-    with np.errstate(divide="ignore"):
-        g_w = np.floor(num_parts * part_bits - 1 - np.log2(largest) - 1e-9)
-        g_c = np.floor(58 - np.log2(np.maximum(np.max(np.abs(z0).reshape(-1, c_out), axis=0), 1.0)))
-    g = np.clip(np.minimum(g_w, g_c), frac_bits + 1, frac_bits + 48).astype(np.int64)
-    # A channel whose G is raised to F + 1 has its weights scaled to the bound (it saturates anyway).
-    wq = np.round(folded * np.exp2(np.minimum(g_w, g))).astype(np.int64)
-    offset = np.round(z0 * np.exp2(g)).astype(np.int64)
-    fixed = FixedPointAffine(np.ones(c_out, np.int64), offset, g - frac_bits, frac_bits)
-    return IntegerStemStage(
-        in_shape=in_shape,
-        kernel_size=k,
-        stride=stride,
-        pad=pad,
-        weights_int=wq,
-        weight_frac_bits=g.tolist(),
-        part_bits=part_bits,
-        num_parts=num_parts,
-        fixed=fixed,
-    )

@@ -2,9 +2,9 @@
 form, its manifest entry and parameter files, and its golden files.
 
 Kinds: ``binary_conv`` (XNOR-popcount with the zero-padding correction, an integer threshold or a
-fixed-point output), ``float_conv`` (a full-precision first layer: float32 conv, affine, sign),
-``binary_dense`` (integer sums, float32 logit map) and ``float_dense`` (a full-precision classifier
-on bits or fixed-point values). The ResNets' kinds (fixed-point residual stream) are in ``residual``.
+fixed-point output), ``binary_dense`` (integer sums, float32 logit map) and ``float_dense`` (a
+full-precision classifier on bits or fixed-point values). A full-precision first layer's kinds (integer convs of the pixels) are
+in ``integer_stem``, the ResNets' (fixed-point residual stream) in ``residual``.
 """
 
 from __future__ import annotations
@@ -268,59 +268,6 @@ class BinaryConvStage(_ConvGeometry, _BinaryWeights, Stage):
             pre = np.where(self.flip, d <= self.threshold, d >= self.threshold)
             files[f"L{index}_prepool.memb"] = [bit_ops.bits_line(r) for r in pre]
         return files
-
-
-@dataclasses.dataclass(kw_only=True)
-class FloatConvStage(_ConvGeometry, Stage):
-    """A full-precision first layer: ``y = conv(x, W)`` (float32, zero padding), pooled ("sums"),
-    bit ``= (A y + B >= 0)``, pooled ("bits"). ``weights``: float32 HWIO; ``affine``: ``(A, B)``."""
-
-    kind: ClassVar[str] = "float_conv"
-    weights: np.ndarray
-    affine: tuple[np.ndarray, np.ndarray]
-
-    def _conv(self, x):
-        return jax.lax.conv_general_dilated(
-            x,
-            jnp.asarray(self.weights),
-            (self.stride,) * 2,
-            ((self.pad, self.pad),) * 2,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-
-    def reference(self, x):
-        y = np.asarray(self._conv(jnp.asarray(x)), np.float32)
-        if self.pool == "sums":
-            y = bit_ops.pool2(y, self.ceil_pool, -np.inf)
-        a, b = self.affine
-        out = ((y.astype(np.float64) * a + b) >= 0).astype(np.uint8)
-        if self.pool == "bits":
-            out = bit_ops.pool2(out, self.ceil_pool, 0)
-        return out, None
-
-    def packed(self):
-        a, b = (jnp.asarray(v, jnp.float32) for v in self.affine)
-
-        def run(x):
-            y = self._conv(x)
-            if self.pool == "sums":
-                y = bit_ops.pool2(y, self.ceil_pool, -jnp.inf, jnp)
-            out = (y * a + b >= 0).astype(jnp.uint8)
-            if self.pool == "bits":
-                out = bit_ops.pool2(out, self.ceil_pool, 0, jnp)
-            return out
-
-        return run
-
-    def manifest_entry(self, index, out_dir):
-        entry = {**super().manifest_entry(index, out_dir), **self.geometry_entry()}
-        entry.update(
-            note="full precision first layer: float32 conv on normalized pixels, then bit = (A*y + B >= 0)",
-            weights_npz=f"weights/L{index}_float.npz",
-        )
-        a, b = self.affine
-        np.savez(os.path.join(out_dir, entry["weights_npz"]), kernel_hwio=self.weights, A=a, B=b)
-        return entry
 
 
 class _LogitsOutput:
