@@ -452,6 +452,8 @@ def graph_case(index: int, seed: int = 0):
 def test_onnx_and_qonnx_graphs_equal_the_engine_tensor_by_tensor(case, qonnx):
     """onnxruntime (plain ONNX) and qonnx's executor (QONNX): every stage's sums and outputs equal the
     NumPy reference's, the logits its logits up to float32 summation order."""
+    import onnx
+
     from irnet_jax.export import onnx_graph
 
     folded, images = graph_case(case)
@@ -464,6 +466,11 @@ def test_onnx_and_qonnx_graphs_equal_the_engine_tensor_by_tensor(case, qonnx):
     np.testing.assert_array_equal(onnx_graph.graph_predictions(model, qonnx, x, batch=3), np.argmax(logits, -1))
     ops, custom = {n.op_type for n in model.graph.node}, {"BipolarQuant", "MultiThreshold"}
     assert custom <= ops if qonnx else not custom & ops
+    pixel_stage = getattr(folded.stages[0], "takes_pixels", False)
+    assert ("Gather" in ops) == pixel_stage  # the first layer's per-position offsets: one row per border class
+    if pixel_stage:  # so no int64 constant holds one value per position and channel
+        int64_sizes = [np.prod(t.dims) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT64]
+        assert max(int64_sizes) < np.prod(folded.stages[0].offsets().shape)
 
 
 def test_a_corrupted_graph_is_caught_by_the_tensor_check():

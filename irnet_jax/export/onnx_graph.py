@@ -106,9 +106,33 @@ def sign_threshold(g: GraphBuilder, d: str, threshold: np.ndarray, flip: np.ndar
     return g.op("Where", [cond, g.const(np.float32(1.0), "plus"), g.const(np.float32(-1.0), "minus")])
 
 
-def position_offsets(offset: np.ndarray, dtype=np.int64) -> np.ndarray:
-    """A ``[C]`` or ``[H, W, C]`` offset as a constant broadcasting over NCHW."""
-    return per_channel(offset, dtype) if offset.ndim == 1 else offset.transpose(2, 0, 1)[None].astype(dtype)
+def separable_classes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``values [H, W, C]`` as ``table[row_id[r], col_id[c]]`` (``table [R, Q, C]``: one entry per distinct
+    row and column, as a border-class table is), or ``None`` where it does not factor so."""
+    h, w, _ = values.shape
+    _, first_r, row_id = np.unique(values.reshape(h, -1), axis=0, return_index=True, return_inverse=True)
+    _, first_c, col_id = np.unique(
+        values.transpose(1, 0, 2).reshape(w, -1), axis=0, return_index=True, return_inverse=True
+    )
+    table, row_id, col_id = values[first_r][:, first_c], row_id.reshape(-1), col_id.reshape(-1)
+    return (table, row_id, col_id) if np.array_equal(table[row_id][:, col_id], values) else None
+
+
+def position_offsets(g: GraphBuilder, offset: np.ndarray, name: str = "offset") -> str:
+    """A ``[C]`` or ``[H, W, C]`` int64 offset as a tensor broadcasting over NCHW. A per-position offset
+    that depends on the border class only is a ``Gather`` of its class table by each position's class
+    (``[R Q, C]`` and ``[H, W]`` constants instead of ``[1, C, H, W]``), then ``Transpose``/``Unsqueeze``."""
+    offset = np.asarray(offset, np.int64)
+    if offset.ndim == 1:
+        return g.const(per_channel(offset, np.int64), name)
+    classes = separable_classes(offset)
+    if classes is None:
+        return g.const(offset.transpose(2, 0, 1)[None], name)
+    table, row_id, col_id = classes
+    flat = g.const(table.reshape(-1, table.shape[-1]), f"{name}_table")
+    index = g.const((row_id[:, None] * table.shape[1] + col_id[None, :]).astype(np.int64), f"{name}_class")
+    hwc = g.op("Gather", [flat, index], axis=0)
+    return g.op("Unsqueeze", [g.op("Transpose", [hwc], perm=[2, 0, 1]), g.const(np.array([0], np.int64), "axes")])
 
 
 def fixed_point_int64(g: GraphBuilder, y: str, fx, max_abs_input: float, bound: int = 1) -> str:
@@ -116,9 +140,10 @@ def fixed_point_int64(g: GraphBuilder, y: str, fx, max_abs_input: float, bound: 
     max_abs_input``, as int64; clamped to ``+-bound 2**F``."""
     bound_acc = np.abs(fx.multiplier) * max_abs_input + np.max(np.abs(fx.offset).reshape(-1, fx.shift.size), 0)
     positive = (bound_acc + (1 << fx.shift)) // (1 << fx.shift) + 1  # P: P 2**S > |M y + C + 2**(S-1)|
-    add = position_offsets(fx.offset) + per_channel((1 << (fx.shift - 1)) + positive * (1 << fx.shift), np.int64)
+    rounding = (1 << (fx.shift - 1)) + positive * (1 << fx.shift)
+    offset = np.asarray(fx.offset, np.int64) + rounding  # [C] or [H, W, C]
     x = g.op("Mul", [y, g.const(per_channel(fx.multiplier, np.int64), "multiplier")])
-    x = g.op("Add", [x, g.const(add, "offset")])
+    x = g.op("Add", [x, position_offsets(g, offset)])
     x = g.op("Div", [x, g.const(per_channel(1 << fx.shift, np.int64), "shift")])
     x = g.op("Sub", [x, g.const(per_channel(positive, np.int64), "positive")])
     x = g.op("Max", [x, g.const(np.int64(-bound * fx.one), "lo")])
@@ -248,7 +273,7 @@ def integer_stem(g: GraphBuilder, x: str, stage: IntegerStemStage, i: int) -> st
 def integer_first_conv(g: GraphBuilder, x: str, stage: IntegerFirstConvStage, i: int) -> str:
     """``Z = Y + C`` (int64), its sign as +-1 (``Cast`` to float32 keeps the sign), then the pool: an OR
     of +-1 bits is a ``MaxPool``, an AND (``pool_and``) a ``MaxPool`` between two ``Mul`` by -1."""
-    z = g.op("Add", [pixel_conv(g, x, stage, i), g.const(position_offsets(stage.offset), "offset")])
+    z = g.op("Add", [pixel_conv(g, x, stage, i), position_offsets(g, stage.offset)])
     channels = stage.offset.shape[-1]
     zeros = np.zeros(channels, np.int64)
     out = sign_threshold(g, g.op("Cast", [z], to=TensorProto.FLOAT), zeros, zeros.astype(bool), flip_mul=False)
