@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Bi-Real ResNets: > 0 = an int32 fixed-point residual stream with this many fractional bits, computed
     # in integers in eval mode (bit-exact export) and rounded to that grid in training; 0 = float.
     config.residual_frac_bits = 0
+    # Sequential nets (VGG-Small, AlexNet, MNIST net): True = the float first layer computed in exact int32
+    # arithmetic in eval mode (pixels in, normalized by the model), so the export is the model's own.
+    config.integer_first_layer = False
     config.input_encoding = "none"  # "thermometer" or "bitplanes": uint8 image -> +-1 planes
     config.encoding_levels = 8  # thermometer levels / bit-planes per colour channel
     config.model_kwargs = ml_collections.ConfigDict()  # the model's own keywords, e.g. block="basic"

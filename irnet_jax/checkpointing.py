@@ -53,7 +53,13 @@ OPERATIONAL_FIELDS = frozenset(
 
 # Training fields added after checkpoints were first written: a checkpoint without one was trained
 # with this value.
-FIELDS_ADDED_LATER = {"augment": "default", "crop_padding": 4, "normalization": "dataset", "residual_frac_bits": 0}
+FIELDS_ADDED_LATER = {
+    "augment": "default",
+    "crop_padding": 4,
+    "normalization": "dataset",
+    "residual_frac_bits": 0,
+    "integer_first_layer": False,
+}
 
 
 class _QuietOrbax(logging.Filter):

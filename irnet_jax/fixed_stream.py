@@ -299,7 +299,7 @@ def projection_integers(kernel: np.ndarray, scale: np.ndarray, bias: np.ndarray,
     reach = np.sum(np.abs(folded), axis=0)
     # Rounding adds at most 1/2 per weight; a channel whose G is raised to P has its weights scaled down
     # to the bound (a reach this large saturates the hardtanh anyway).
-    g_fit = _floor_log2((limit - folded.shape[0]) / np.maximum(reach, 1e-300))
+    g_fit = _floor_log2((limit - folded.shape[0]) / np.maximum(reach, 1e-30))  # (any G above MAX_SHIFT is clipped)
     g = np.clip(g_fit, part, MAX_SHIFT)
     wq = np.round(folded * np.exp2(np.minimum(g_fit, g)))
     cut = WIDE_BOUND * 2.0**-frac_bits + reach + 1.0  # beyond it the shortcut saturates for every input
@@ -321,7 +321,7 @@ def stem_integers(
     reach = 255.0 * np.sum(np.abs(folded), axis=(0, 1, 2))  # max |A conv(p, W')|
     # 2**g reach <= 2**29 - 255 K keeps |Y| < 2**29 after rounding; a channel whose g is raised to F + 1
     # has its weights scaled down to that bound (a reach this large saturates the hardtanh anyway).
-    g_fit = _floor_log2((OFFSET_LIMIT - 255 * fan_in) / np.maximum(reach, 1e-300))
+    g_fit = _floor_log2((OFFSET_LIMIT - 255 * fan_in) / np.maximum(reach, 1e-30))  # (any G above MAX_SHIFT is clipped)
     g = np.clip(g_fit, frac_bits + 1, MAX_SHIFT)
     wq = np.round(folded * np.exp2(np.minimum(g_fit, g)))
     beta = -np.asarray(layout.pixel_mean, np.float64) / std

@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from irnet_jax import fixed_stream
+from irnet_jax import integer_first_layer as int_first
 from irnet_jax import mesh as mesh_lib
 from irnet_jax.binarization import EstimatorParams
 from irnet_jax.layers import (
@@ -91,6 +92,10 @@ class Quantization:
     grid with a straight-through gradient in training. Such a model takes pixel values (float,
     0..255) and normalizes them itself with ``pixel_mean`` / ``pixel_std`` (in [0, 1] units), so that
     its stem is an integer conv of the pixels.
+
+    ``integer_first_layer`` (sequential nets with a float first layer): likewise pixels in, and in eval
+    mode the first layer computed in exact int32 arithmetic (``integer_first_layer``), so the export's
+    integer first layer is the model's own.
     """
 
     binary: bool = True
@@ -109,6 +114,7 @@ class Quantization:
     dtype: Any = jnp.float32
     materialize_residuals: bool = False
     residual_frac_bits: int = 0
+    integer_first_layer: bool = False
     pixel_mean: tuple[float, ...] = ()
     pixel_std: tuple[float, ...] = ()
 
@@ -169,6 +175,7 @@ class Quantization:
 
 ModelBuilder = Callable[..., nnx.Module]
 _MODELS: dict[str, ModelBuilder] = {}
+SEQUENTIAL = ("vgg_small", "alexnet", "mnistnet")  # the SequentialBNN models
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -213,6 +220,11 @@ def create_model(
     model = builder(input_shape=(h, w, c), num_classes=num_classes, q=q, rngs=rngs, **arch)
     if q.residual_frac_bits and not isinstance(model, CifarResNet):
         raise ValueError(f"residual_frac_bits > 0 applies to the ResNets (a residual stream), not {name!r}")
+    if q.integer_first_layer and not isinstance(model, SequentialBNN):
+        raise ValueError(
+            f"integer_first_layer applies to the sequential nets {sorted(SEQUENTIAL)}, not {name!r}"
+            + (" (a ResNet's stem is integer with residual_frac_bits)" if isinstance(model, CifarResNet) else "")
+        )
     return model
 
 
@@ -234,8 +246,60 @@ def _pooled(size: int, times: int, ceil_mode: bool = False) -> int:
     return size
 
 
+def normalize_pixels(pixels: Array, mean: Sequence[float], std: Sequence[float], dtype) -> Array:
+    """``(p / 255 - mean) / std`` per channel, as ``data.normalize``, in ``dtype``."""
+    x = pixels.astype(jnp.float32) / 255.0
+    return ((x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)).astype(dtype)
+
+
+class SequentialBNN(nnx.Module):
+    """The sequential nets' first layer with ``integer_first_layer``: pixels in, normalized here in
+    training, the first layer in exact int32 arithmetic in eval mode (``integer_first_layer``).
+    Subclasses set ``convs``, ``bns`` and ``export_stages()`` and call ``setup_first_layer``."""
+
+    def setup_first_layer(self, q: Quantization, input_shape: Sequence[int]) -> None:
+        self.integer_first = q.integer_first_layer
+        self.pixel_mean, self.pixel_std = tuple(q.pixel_mean), tuple(q.pixel_std)
+        self.input_hw = tuple(input_shape[:2])
+        if self.integer_first:
+            _check_integer_first_layer(q, input_shape[2])
+
+    def first_layer_layout(self) -> fixed_stream.StreamLayout:
+        conv = self.convs[0]
+        return fixed_stream.StreamLayout(
+            frac_bits=0,
+            pixel_mean=self.pixel_mean,
+            pixel_std=self.pixel_std,
+            input_hw=self.input_hw,
+            stem_stride=conv.strides,
+            stem_pad=conv.padding,
+            weight_scale="none",
+            norm_eps=float(self.bns[0].epsilon),
+        )
+
+    def first_layer_integers(self, host: bool = False) -> int_first.FirstLayerIntegers:
+        """The eval-mode integers (``integer_first_layer.derive``): through a host callback (usable in
+        ``jit`` on one device) or (``host``) derived here from this process's copies, as NumPy arrays."""
+        get = (lambda v: mesh_lib.local_copy(v[...]).astype(np.float32)) if host else (lambda v: v[...])
+        kernel, norm = get(self.convs[0].kernel), _norm_params(self.bns[0], get)
+        if host:
+            return int_first.derive(kernel, norm, self.first_layer_layout())
+        return int_first.integers(kernel, norm, self.first_layer_layout())
+
+    def enter(self, x: Array, integers: int_first.FirstLayerIntegers | None) -> tuple[Array, int]:
+        """``(input of layer i, i)``: the model's input (layer 0; pixels normalized here with the
+        option) or, in eval mode with the option, the first layer's integer signs (layer 1)."""
+        if not self.integer_first:
+            return x, 0
+        if not self.bns[0].use_running_average:
+            return normalize_pixels(x, self.pixel_mean, self.pixel_std, self.convs[0].dtype), 0
+        ints = self.first_layer_integers() if integers is None else integers
+        conv, spec = self.convs[0], self.export_stages()[0][0]
+        return int_first.first_layer_signs(x, ints, conv.strides, conv.padding, spec.pool, spec.ceil_mode), 1
+
+
 @register_model("vgg_small")
-class VGGSmall(nnx.Module):
+class VGGSmall(SequentialBNN):
     """VGG-Small of IR-Net (widths 128,128,256,256,512,512):
     conv-bn, conv-pool-bn-hardtanh, conv-bn-hardtanh, conv-pool-bn-hardtanh, conv-bn-hardtanh,
     conv-pool-bn-hardtanh, fc. 3x3 convs, stride 1, padding 1; 2x2 max-pools."""
@@ -260,9 +324,12 @@ class VGGSmall(nnx.Module):
         self.pool_after = (False, True, False, True, False, True)
         flat = _pooled(h, 3) * _pooled(w, 3) * widths[-1]
         self.fc = q.last_dense(flat, num_classes, rngs=rngs)
+        self.setup_first_layer(q, input_shape)
 
-    def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
-        for i, (conv, bn, pool) in enumerate(zip(self.convs, self.bns, self.pool_after)):
+    def __call__(self, x: Array, ede: EstimatorParams | None = None, integers=None) -> Array:
+        x, start = self.enter(x, integers)
+        for i in range(start, len(self.convs)):
+            conv, bn, pool = self.convs[i], self.bns[i], self.pool_after[i]
             x = conv(x, ede)
             if pool:
                 x = max_pool(x)
@@ -278,7 +345,7 @@ class VGGSmall(nnx.Module):
 
 
 @register_model("alexnet")
-class AlexNet(nnx.Module):
+class AlexNet(SequentialBNN):
     """CIFAR AlexNet with the widths of bearpaw/pytorch-classification's ``cifar/alexnet.py``
     (convs 64@11x11/4, 192@5x5, 384@3x3, 256@3x3, 256@3x3; fc) in the original's layer order
     conv-bn-pool-hardtanh x2, conv-bn-hardtanh x2, conv-bn-pool-hardtanh, fc. Pools use ceil mode so
@@ -300,9 +367,11 @@ class AlexNet(nnx.Module):
             c_in = c_out
         self.convs, self.bns = nnx.List(convs), nnx.List(bns)
         self.fc = q.last_dense(h * w * c_in, num_classes, rngs=rngs)
+        self.setup_first_layer(q, input_shape)
 
-    def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
-        for conv, bn, spec in zip(self.convs, self.bns, self.layers_spec):
+    def __call__(self, x: Array, ede: EstimatorParams | None = None, integers=None) -> Array:
+        x, start = self.enter(x, integers)
+        for conv, bn, spec in list(zip(self.convs, self.bns, self.layers_spec))[start:]:
             x = bn(conv(x, ede))
             if spec[3]:
                 x = max_pool(x, ceil_mode=True)
@@ -474,9 +543,7 @@ class CifarResNet(nnx.Module):
 
     def normalize_pixels(self, pixels: Array) -> Array:
         """``(p / 255 - mean) / std`` per channel, as ``data.normalize``, in the stem's dtype."""
-        x = pixels.astype(jnp.float32) / 255.0
-        x = (x - jnp.asarray(self.pixel_mean, jnp.float32)) / jnp.asarray(self.pixel_std, jnp.float32)
-        return x.astype(self.stem.dtype)
+        return normalize_pixels(pixels, self.pixel_mean, self.pixel_std, self.stem.dtype)
 
     def stream_params(self, host: bool = False) -> fixed_stream.StreamParams:
         """The raw parameters the eval-mode integers derive from (stream order: ``export_residual_stages``),
@@ -550,13 +617,20 @@ def _norm_params(norm: nnx.Module, get: Callable) -> fixed_stream.NormParams:
     return fixed_stream.NormParams(get(norm.mean), get(norm.var), gamma, beta)
 
 
-def eval_integers(model: nnx.Module) -> fixed_stream.StreamIntegers | None:
-    """A model with a fixed-point stream (``residual_frac_bits``): its eval-mode integers, derived on the
-    host (``host_stream_integers``); ``None`` for every other model."""
-    return model.host_stream_integers() if getattr(model, "frac_bits", 0) else None
+EvalIntegers = fixed_stream.StreamIntegers | int_first.FirstLayerIntegers
 
 
-def eval_logits(model: nnx.Module, x: Array, integers: fixed_stream.StreamIntegers | None) -> Array:
+def eval_integers(model: nnx.Module) -> EvalIntegers | None:
+    """A model with a fixed-point stream (``residual_frac_bits``) or an integer first layer: its
+    eval-mode integers, derived on the host; ``None`` for every other model."""
+    if getattr(model, "frac_bits", 0):
+        return model.host_stream_integers()
+    if getattr(model, "integer_first", False):
+        return model.first_layer_integers(host=True)
+    return None
+
+
+def eval_logits(model: nnx.Module, x: Array, integers: EvalIntegers | None) -> Array:
     """``model(x)`` in eval mode, given ``eval_integers(model)`` (computed outside the jitted step)."""
     return model(x) if integers is None else model(x, integers=integers)
 
@@ -584,6 +658,24 @@ def _check_fixed_point_stream(model: CifarResNet, q: Quantization, block: str, s
     bad = [what for failed, what in problems if failed]
     if bad:
         raise ValueError(f"residual_frac_bits > 0 does not apply to {', '.join(bad)}")
+
+
+def _check_integer_first_layer(q: Quantization, channels: int) -> None:
+    """``ValueError`` unless ``integer_first_layer`` can apply: a float first layer whose sign a binary
+    layer takes (1w1a), a BatchNorm, pixel statistics for every channel."""
+    problems = [
+        (not q.binary or not q.binarize_activations, "a model that is not 1w1a"),
+        (q.binary_first_layer, "a binary first layer"),
+        (q.shift_conv, "shift convs"),
+        (q.norm == "offset", "norm='offset' (needs a BatchNorm, whose eval mode selects the integers)"),
+        (
+            len(q.pixel_mean) != channels or len(q.pixel_std) != channels,
+            f"pixel_mean/pixel_std of {channels} channel(s)",
+        ),
+    ]
+    bad = [what for failed, what in problems if failed]
+    if bad:
+        raise ValueError(f"integer_first_layer does not apply to {', '.join(bad)}")
 
 
 @register_model("resnet20")
@@ -621,7 +713,7 @@ def resnet18(*, input_shape, num_classes, q: Quantization, rngs: nnx.Rngs, block
 
 
 @register_model("mnistnet")
-class MNISTNet(nnx.Module):
+class MNISTNet(SequentialBNN):
     """The original's small MNIST net: three 3x3 convs (32, 64, 128), each conv-pool-bn-hardtanh, fc."""
 
     def __init__(
@@ -635,9 +727,11 @@ class MNISTNet(nnx.Module):
         )
         self.bns = nnx.List([q.norm_layer(o, rngs) for o in widths])
         self.fc = q.last_dense(_pooled(h, 3) * _pooled(w, 3) * widths[-1], num_classes, rngs=rngs)
+        self.setup_first_layer(q, input_shape)
 
-    def __call__(self, x: Array, ede: EstimatorParams | None = None) -> Array:
-        for conv, bn in zip(self.convs, self.bns):
+    def __call__(self, x: Array, ede: EstimatorParams | None = None, integers=None) -> Array:
+        x, start = self.enter(x, integers)
+        for conv, bn in list(zip(self.convs, self.bns))[start:]:
             x = hardtanh(bn(max_pool(conv(x, ede))))
         return self.fc(x.reshape(x.shape[0], -1), ede)
 

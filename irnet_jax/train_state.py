@@ -58,10 +58,16 @@ QUANTIZATION_FIELDS = tuple(
 )
 
 
+def normalizes_itself(config: ml_collections.ConfigDict) -> bool:
+    """Whether the model takes pixels and normalizes them itself: a fixed-point residual stream or an
+    integer first layer, whose eval mode is an integer conv of the pixels."""
+    return bool(config.get("residual_frac_bits", 0) or config.get("integer_first_layer", False))
+
+
 def input_normalization(config: ml_collections.ConfigDict) -> str:
-    """What the data pipeline hands the model: ``"pixels"`` (0..255 floats: a model with a fixed-point
-    residual stream normalizes them itself) or ``config.normalization``."""
-    return data_lib.PIXELS if config.get("residual_frac_bits", 0) else config.normalization
+    """What the data pipeline hands the model: ``"pixels"`` (0..255 floats, ``normalizes_itself``) or
+    ``config.normalization``."""
+    return data_lib.PIXELS if normalizes_itself(config) else config.normalization
 
 
 def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -74,7 +80,7 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module
     """The configured model for the configured dataset (errors list valid model/dataset names)."""
     info = data_lib.get_dataset_info(config.dataset)
     options = {name: config[name] for name in QUANTIZATION_FIELDS}
-    if config.residual_frac_bits:
+    if normalizes_itself(config):
         options["pixel_mean"], options["pixel_std"] = data_lib.normalization_stats(info, config.normalization)
     return models.create_model(
         config.model,

@@ -418,6 +418,7 @@ GRAPH_CASES = [
     ("fully_binary_mnistnet_mnist", {"pad_value": "minus_one", "norm": "offset"}),
     ("fully_binary_vgg_small_cifar10", {}),  # checkerboard padding
     ("irnet_resnet20_1w1a_cifar10", {}),  # integer stem, fixed-point residual stream, option-A shortcuts
+    ("mnistnet_mnist", {"integer_first_layer": True}),  # the model's own int32 first layer, pooled sums
 ]
 
 
@@ -669,15 +670,21 @@ def test_resnet20_trained_with_a_fixed_point_stream_exports_bit_exactly(tfds_dir
     assert "Traceback" not in refused.stderr and not (tmp_path / "e2").exists()
 
 
-@pytest.mark.parametrize("config_name", ["mnistnet_mnist", "fully_binary_mnistnet_mnist"])
-def test_export_command_on_a_trained_mnist_net(config_name, tfds_dir, tmp_path):
+@pytest.mark.parametrize(
+    "config_name, integer_first_layer",
+    [("mnistnet_mnist", False), ("mnistnet_mnist", True), ("fully_binary_mnistnet_mnist", False)],
+    ids=["paper_setting", "integer_first_layer", "fully_binary"],
+)
+def test_export_command_on_a_trained_mnist_net(config_name, integer_first_layer, tfds_dir, tmp_path):
     """Train an MNIST net briefly on real data (the paper's setting: zero padding, float first and last
-    layers; and the fully binary one), export it with the command, and check on the whole MNIST test
-    set that the packed engine's predictions equal the model's and the ONNX and QONNX graphs' equal the
-    engine's, and that the graphs' stage tensors equal the golden vectors."""
+    layers; the same trained with ``integer_first_layer``; and the fully binary one), export it with
+    the command, and check on the whole MNIST test set that the packed engine's predictions equal the
+    model's and the ONNX and QONNX graphs' equal the engine's, and that the graphs' stage tensors equal
+    the golden vectors."""
     import importlib
 
     config = importlib.import_module(f"configs.{config_name}").get_config()
+    config.integer_first_layer = integer_first_layer
     config.data_dir, config.train_size, config.num_epochs, config.warmup_epochs = tfds_dir, 4096, 1, 0.0
     config.eval_batch_size, config.log_every_steps = 1000, 20
     out, manifest = train_and_export(config, tmp_path, "--num_images=2", "--verify=10000", f"--data_dir={tfds_dir}")
@@ -693,6 +700,8 @@ def test_export_command_on_a_trained_mnist_net(config_name, tfds_dir, tmp_path):
     kinds = [l["kind"] for l in manifest["layers"]]
     if config_name == "mnistnet_mnist":
         assert kinds == ["int_first_conv", "binary_conv", "binary_conv", "float_dense"]
+        parts = 2 if integer_first_layer else 3  # the model's own int32 weights, or a float model's ~32 bits
+        assert f"k < {parts}:" in manifest["layers"][0]["weight_parts"]
         assert manifest["layers"][2]["output"] == "fixed_point" and manifest["layers"][1]["border_correction"]
         assert len(read_lines(out / "golden" / "img1" / "L2_out.txt")) == 9  # 3x3 pixels of q
     else:

@@ -65,6 +65,11 @@ CLI_CASES = [
         "residual_frac_bits > 0 applies to the ResNets (a residual stream), not 'mnistnet'",
     ),
     ("fixed-point stream too wide", [*SMOKE, "--config.residual_frac_bits=23"], "residual_frac_bits=23 is not allowed"),
+    (
+        "integer first layer on a binary first layer",
+        [*SMOKE, "--config.integer_first_layer=True", "--config.binary_first_layer=True"],
+        "integer_first_layer does not apply to a binary first layer",
+    ),
     ("unknown pad", [*SMOKE, "--config.pad_value=two"], "unknown pad_value 'two'; valid: ['zero'"),
     ("unknown model", [*SMOKE, "--config.model=vgg7"], "unknown model 'vgg7'; valid:"),
     ("unknown norm", [*SMOKE, "--config.norm=layernorm"], "unknown norm 'layernorm'; valid:"),

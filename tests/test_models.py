@@ -11,6 +11,7 @@ from flax import nnx
 
 from irnet_jax import models
 from irnet_jax.binarization import EstimatorParams
+from irnet_jax.layers import max_pool
 from irnet_jax.summary import summarize
 
 SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1)}
@@ -213,6 +214,58 @@ def test_fixed_point_stream_follows_the_float_model_and_trains():
     v = jnp.asarray([0.1, -0.3337, 0.99999])
     assert np.allclose(fixed_stream.ste_round(v, 4) * 16, np.round(np.asarray(v) * 16))
     assert np.allclose(jax.grad(lambda u: fixed_stream.ste_round(u, 4).sum())(v), 1.0)
+
+
+@pytest.mark.parametrize("name", ["vgg_small", "mnistnet", "alexnet"])
+def test_integer_first_layer_follows_the_float_first_layer_and_trains(name):
+    """``integer_first_layer``: pixels in; training normalizes them and runs the float first layer
+    (gradients flow), eval mode computes its signs in int32, jitted through the host callback equal to
+    the host-derived integers, and equal to the float first layer's signs but where the float value is
+    within rounding of 0."""
+    from irnet_jax import integer_first_layer as int_first
+
+    shape = (28, 28, 1) if name == "mnistnet" else (32, 32, 3)
+    stats = {k: v[: shape[-1]] for k, v in STATS.items()}
+    kw = {"widths": (16, 16, 32, 32, 32, 32)} if name == "vgg_small" else {}
+    model = models.create_model(
+        name, input_shape=shape, num_classes=10, rngs=nnx.Rngs(0), integer_first_layer=True, **stats, **kw
+    )
+    pixels = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, *shape)), jnp.float32)
+    grads = nnx.grad(lambda m: jnp.mean(m(pixels) ** 2))(model)
+    assert float(jnp.abs(grads["convs"][0]["kernel"][...]).sum()) > 0
+    model.eval()
+    jitted = nnx.jit(lambda m, x: m.enter(x, None))(model, pixels)
+    host = model.enter(pixels, models.eval_integers(model))
+    assert jitted[1] == host[1] == 1
+    np.testing.assert_array_equal(np.asarray(jitted[0]), np.asarray(host[0]))
+    np.testing.assert_array_equal(
+        nnx.jit(lambda m, x: m(x))(model, pixels), model(pixels, integers=models.eval_integers(model))
+    )
+    conv, bn, spec = model.convs[0], model.bns[0], model.export_stages()[0][0]
+    y = conv(models.normalize_pixels(pixels, stats["pixel_mean"], stats["pixel_std"], jnp.float32))
+    if spec.pool == "sums":
+        y = max_pool(y, ceil_mode=spec.ceil_mode)
+    z = bn(y)
+    if spec.pool == "bits":
+        z = max_pool(z, ceil_mode=True)
+    float_signs, int_signs = np.where(np.asarray(z) >= 0, 1.0, -1.0), np.asarray(host[0])
+    assert int_signs.shape == float_signs.shape and set(np.unique(int_signs)) == {-1.0, 1.0}
+    differ = float_signs != int_signs
+    assert np.all(np.abs(np.asarray(z))[differ] < 1e-4)
+    ints = models.eval_integers(model)
+    assert isinstance(ints, int_first.FirstLayerIntegers) and ints.weights.dtype == np.int32
+
+
+def test_integer_first_layer_is_refused_where_it_cannot_apply():
+    with pytest.raises(ValueError, match="applies to the sequential nets .* not 'resnet20'.*residual_frac_bits"):
+        models.create_model(
+            "resnet20", input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0), integer_first_layer=True, **STATS
+        )
+    with pytest.raises(ValueError, match="does not apply to a binary first layer, pixel_mean/pixel_std of 3"):
+        models.create_model(
+            "vgg_small", input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0),
+            integer_first_layer=True, binary_first_layer=True, widths=(8, 8, 8, 8, 8, 8),
+        )  # fmt: skip
 
 
 def test_fixed_point_requantizer_stays_inside_int32():

@@ -34,7 +34,7 @@ from irnet_jax import fixed_stream
 from irnet_jax.errors import UserError
 from irnet_jax.export.border import BorderCorrection, border_correction
 from irnet_jax.export.fixed_point import DEFAULT_FRAC_BITS, FixedPointAffine, fixed_point_affine
-from irnet_jax.export.integer_stem import IntegerStemStage, first_conv_stage, stem_stage
+from irnet_jax.export.integer_stem import IntegerFirstConvStage, IntegerStemStage, first_conv_stage, stem_stage
 from irnet_jax.export.residual import (
     HeadStage,
     ResidualConvStage,
@@ -144,6 +144,27 @@ def fold_conv(
         return first_conv_stage(weights, (a, b), *pixel_stats, **geometry)
     raise ExportError(
         "only the first conv may be full precision (and not the only conv), and no conv may be 1w32a, to export"
+    )
+
+
+def model_first_conv(model: nnx.Module, spec: ConvStage, in_shape: tuple[int, int, int]) -> IntegerFirstConvStage:
+    """The first layer of a model trained with ``integer_first_layer``, with the model's own integers
+    (int32 ``Wq`` in two base-``2**P`` parts, the offsets, the AND channels)."""
+    ints = model.first_layer_integers(host=True)
+    k, _, c_in, _ = ints.weights.shape
+    return IntegerFirstConvStage(
+        in_shape=in_shape,
+        kernel_size=k,
+        stride=spec.conv.strides,
+        pad=spec.conv.padding,
+        pool=spec.pool,
+        ceil_pool=spec.ceil_mode,
+        weights_int=np.asarray(ints.weights, np.int64),
+        weight_frac_bits=np.asarray(ints.shift).tolist(),
+        part_bits=fixed_stream.pixel_part_bits(k * k * c_in),
+        num_parts=2,
+        offset=np.asarray(ints.offset, np.int64),
+        flip=np.asarray(ints.flip, bool),
     )
 
 
@@ -292,7 +313,10 @@ def fold(model: nnx.Module, config: ml_collections.ConfigDict, frac_bits: int = 
     float_classifier = not fc.binarize_activations
     for i, spec in enumerate(conv_specs):
         fixed = float_classifier and i == len(conv_specs) - 1
-        stages.append(fold_conv(spec, shape, not stages, fixed, frac_bits, pixel_stats))
+        if not stages and getattr(model, "integer_first", False):
+            stages.append(model_first_conv(model, spec, shape))
+        else:
+            stages.append(fold_conv(spec, shape, not stages, fixed, frac_bits, pixel_stats))
         shape = (*stages[-1].output_hw(), spec.conv.out_features)
     stages.append(fold_classifier(fc, int(np.prod(shape)), frac_bits if float_classifier else None))
     return FoldedModel(stages, *meta)
