@@ -62,14 +62,14 @@ class ModelSummary:
 
 
 def summarize(model: nnx.Module, input_shape: Sequence[int]) -> ModelSummary:
-    """Run one eager forward pass on a ``[1, H, W, C]`` zero image and account for every layer."""
-    names = {id(m): "/".join(str(p) for p in path) for path, m in nnx.iter_modules(model)}
-    model.eval()
-    try:
-        with record_layer_calls() as calls:
-            model(jnp.zeros((1, *input_shape), jnp.float32))
-    finally:
-        model.train()
+    """Run one eager forward pass on a ``[1, H, W, C]`` zero image and account for every layer. The
+    pass runs a copy in training mode: in eval mode a model with integer arithmetic (``residual_frac_bits``,
+    ``integer_first_layer``) skips the float layers it was trained as."""
+    copy = nnx.clone(model)
+    names = {id(m): "/".join(str(p) for p in path) for path, m in nnx.iter_modules(copy)}
+    copy.train()
+    with record_layer_calls() as calls:
+        copy(jnp.zeros((1, *input_shape), jnp.float32))
     layers, counted = [], 0
     for call in calls:
         m = call.module

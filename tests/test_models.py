@@ -127,6 +127,14 @@ def test_summary_accounts_for_vgg_small_by_hand():
     assert s.binary_params == sum(9 * i * o for i, o, _ in binary)
     assert s.binary_params + s.float_params == expected_params("vgg_small", 32, 3)
     assert s.size_bits == s.binary_params + 32 * s.float_params
+    # A model whose eval mode is integer arithmetic is summarized as the float layers it trains
+    integer = models.create_model(
+        "vgg_small", input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0), integer_first_layer=True, **STATS
+    )
+    assert summarize(integer, (32, 32, 3)) == s
+    resnet = dict(input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(0))
+    fixed = models.create_model("resnet20", residual_frac_bits=16, **STATS, **resnet)
+    assert summarize(fixed, (32, 32, 3)) == summarize(models.create_model("resnet20", **resnet), (32, 32, 3))
 
 
 def _max_convs_read_by_one_fusion(hlo: str) -> int:
