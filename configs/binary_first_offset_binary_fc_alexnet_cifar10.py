@@ -7,6 +7,7 @@ from configs import alexnet_cifar10
 def get_config():
     config = alexnet_cifar10.get_config()
     config.binary_first_layer = True
+    config.integer_first_layer = False
     config.binary_last_layer = True
     config.input_encoding, config.encoding_levels = "thermometer", 1
     config.norm = "offset"

@@ -8,6 +8,7 @@ from configs import vgg_small_cifar10
 def get_config():
     config = vgg_small_cifar10.get_config()
     config.binary_first_layer = True
+    config.integer_first_layer = False
     config.input_encoding, config.encoding_levels = "thermometer", 1
     config.norm = "offset"
     config.half_precision = True

@@ -9,6 +9,7 @@ def make_fully_binary(config: ml_collections.ConfigDict, levels: int = 8) -> ml_
     is in {-1, +1}; BatchNorm becomes a per-channel threshold at inference."""
     config.binary_first_layer = True
     config.binary_last_layer = True
+    config.integer_first_layer = False  # (a binary first layer is integer already)
     config.input_encoding, config.encoding_levels = "thermometer", levels
     config.pad_value = "checkerboard"
     return config
@@ -39,4 +40,5 @@ def apply_ienet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.shift_conv = True
     config.shift_learn_second_scale = True
     config.shift_second_scale = 0.1
+    config.integer_first_layer = False  # a shift conv takes two thresholds of the first layer's values, not its sign
     return config

@@ -13,4 +13,5 @@ def get_config():
     config.learning_rate = 1e-3
     config.weight_decay = 0.0
     config.t_min, config.t_max = 0.1, 10.0
+    config.integer_first_layer = True  # eval: the float first layer in exact int32 (the export's); training unchanged
     return config

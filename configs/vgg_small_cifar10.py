@@ -10,4 +10,5 @@ def get_config():
     config.num_epochs = 300
     config.learning_rate = 0.007
     config.t_min, config.t_max = 0.1, 10.0
+    config.integer_first_layer = True  # eval: the float first layer in exact int32 (the export's); training unchanged
     return config

@@ -15,7 +15,7 @@ from flax import nnx
 from configs import default
 from irnet_jax import binarization as bz
 from irnet_jax import data as data_lib
-from irnet_jax import export, trainer
+from irnet_jax import export, train_state, trainer
 from irnet_jax.export import bits as bit_ops
 from irnet_jax.export import folding
 from irnet_jax.layers import BinaryConv, record_layer_calls
@@ -397,9 +397,9 @@ def test_paper_configs_fold_with_zero_padding_and_a_fixed_point_classifier_input
     images = np.random.default_rng(2).integers(0, 256, (32, h, w, c), np.uint8)
     logits, trace = export.run_numpy(folded, images, trace=True)
     info = data_lib.get_dataset_info(config.dataset)
-    normalized = data_lib.normalize(jnp.asarray(images), info, normalization=config.normalization)
+    x = data_lib.normalize(jnp.asarray(images), info, normalization=train_state.input_normalization(config))
     with record_layer_calls() as calls:
-        model_logits = np.asarray(model(normalized))
+        model_logits = np.asarray(model(x))
     q = trace[-1]["input"].reshape(len(images), -1)
     unit = 2.0 ** -folded.stages[-1].input_frac_bits
     assert np.max(np.abs(q * unit - np.asarray(calls[-1].matmul_input))) <= 1.01 * unit
@@ -411,14 +411,15 @@ def test_paper_configs_fold_with_zero_padding_and_a_fixed_point_classifier_input
 
 
 GRAPH_CASES = [
-    ("mnistnet_mnist", {}),  # the paper's setting: float first/last layers, zero padding, fixed point
-    ("alexnet_cifar10", {}),  # the same, 11x11/4 first conv and ceil-mode pools of bits
+    ("mnistnet_mnist", {"integer_first_layer": False}),  # the paper's setting: float first/last layers, zero
+    # padding, fixed point; the float model's first layer (three weight parts)
+    ("alexnet_cifar10", {}),  # the same with the model's own integer first layer, 11x11/4 conv, ceil-mode pools of bits
     ("fully_binary_mnistnet_mnist", {"pad_value": "zero"}),
     ("fully_binary_mnistnet_mnist", {"pad_value": "one", "input_encoding": "bitplanes"}),
     ("fully_binary_mnistnet_mnist", {"pad_value": "minus_one", "norm": "offset"}),
     ("fully_binary_vgg_small_cifar10", {}),  # checkerboard padding
     ("irnet_resnet20_1w1a_cifar10", {}),  # integer stem, fixed-point residual stream, option-A shortcuts
-    ("mnistnet_mnist", {"integer_first_layer": True}),  # the model's own int32 first layer, pooled sums
+    ("mnistnet_mnist", {}),  # the model's own int32 first layer (the config's default), pooled sums
 ]
 
 
