@@ -38,6 +38,7 @@ from irnet_jax import cli, optim, profiling, runtime, trainer
 from irnet_jax import data as data_lib
 from irnet_jax import mesh as mesh_lib
 from irnet_jax.errors import ConfigError
+from irnet_jax.models import SEQUENTIAL
 from irnet_jax.steps import EvalStep, make_eval_step, make_multi_step
 from irnet_jax.timing import median_seconds, pipelined_seconds
 from irnet_jax.train_state import create_train_state, eval_graphdef
@@ -285,6 +286,9 @@ def run(
                     raise ValueError(f"unknown dtype {dtype!r}; valid: ['float32', 'bfloat16']")
                 c = config.copy_and_resolve_references()
                 c.model, c.binary, c.half_precision = model, is_binary, dtype == "bfloat16"
+                # the integer first layer signs its output for a binary layer: a full-precision row or a
+                # ResNet row has none
+                c.integer_first_layer = c.integer_first_layer and is_binary and model in SEQUENTIAL
                 if model != config.model:
                     c.model_kwargs = ml_collections.ConfigDict()
                 for batch_size, eval_batch_size in batch_sizes:

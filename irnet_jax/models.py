@@ -326,7 +326,9 @@ class VGGSmall(SequentialBNN):
         self.fc = q.last_dense(flat, num_classes, rngs=rngs)
         self.setup_first_layer(q, input_shape)
 
-    def __call__(self, x: Array, ede: EstimatorParams | None = None, integers=None) -> Array:
+    def __call__(
+        self, x: Array, ede: EstimatorParams | None = None, integers: int_first.FirstLayerIntegers | None = None
+    ) -> Array:
         x, start = self.enter(x, integers)
         for i in range(start, len(self.convs)):
             conv, bn, pool = self.convs[i], self.bns[i], self.pool_after[i]
@@ -369,7 +371,9 @@ class AlexNet(SequentialBNN):
         self.fc = q.last_dense(h * w * c_in, num_classes, rngs=rngs)
         self.setup_first_layer(q, input_shape)
 
-    def __call__(self, x: Array, ede: EstimatorParams | None = None, integers=None) -> Array:
+    def __call__(
+        self, x: Array, ede: EstimatorParams | None = None, integers: int_first.FirstLayerIntegers | None = None
+    ) -> Array:
         x, start = self.enter(x, integers)
         for conv, bn, spec in list(zip(self.convs, self.bns, self.layers_spec))[start:]:
             x = bn(conv(x, ede))
@@ -675,7 +679,7 @@ def _check_integer_first_layer(q: Quantization, channels: int) -> None:
     ]
     bad = [what for failed, what in problems if failed]
     if bad:
-        raise ValueError(f"integer_first_layer does not apply to {', '.join(bad)}")
+        raise ValueError(f"integer_first_layer does not apply to {', '.join(bad)} (set integer_first_layer=False)")
 
 
 @register_model("resnet20")
@@ -729,7 +733,9 @@ class MNISTNet(SequentialBNN):
         self.fc = q.last_dense(_pooled(h, 3) * _pooled(w, 3) * widths[-1], num_classes, rngs=rngs)
         self.setup_first_layer(q, input_shape)
 
-    def __call__(self, x: Array, ede: EstimatorParams | None = None, integers=None) -> Array:
+    def __call__(
+        self, x: Array, ede: EstimatorParams | None = None, integers: int_first.FirstLayerIntegers | None = None
+    ) -> Array:
         x, start = self.enter(x, integers)
         for conv, bn in list(zip(self.convs, self.bns))[start:]:
             x = hardtanh(bn(max_pool(conv(x, ede))))

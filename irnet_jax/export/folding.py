@@ -16,10 +16,11 @@ keeps the sign; ``sign(0) = +1``). With ``M_o = A_o * s_o`` (the power-of-two sc
 Max-pooling before the norm pools the integer sums (``max D``) and then thresholds; pooling after the
 norm (AlexNet) is a bitwise OR of +1 bits. Padding is constant bits, a checkerboard, or zeros: a
 zero-padded binary conv runs with +1 border bits and subtracts a per-channel correction per border
-class (``border``). A full-precision first layer (the paper's setting) becomes an exact integer conv of
-the uint8 pixels with the normalization and the norm folded in, and a sign (``integer_stem``). A full-precision last layer is a float32 matrix product on what the model gives it, the
-last block's ``hardtanh(z)``, computed from ``D`` in fixed point (``fixed_point``). Models describe
-their stages themselves (``models.ConvStage``).
+class (``border``). A full-precision first layer (the paper's setting) becomes an exact integer conv
+of the uint8 pixels with the normalization and the norm folded in, and a sign (``integer_stem``); a
+model trained with ``integer_first_layer`` gives its own integers. A full-precision last layer is a
+float32 matrix product on what the model gives it, the last block's ``hardtanh(z)``, computed from
+``D`` in fixed point (``fixed_point``). Models describe their stages themselves (``models.ConvStage``).
 """
 
 from __future__ import annotations
@@ -113,7 +114,12 @@ def _border(conv, bits: np.ndarray, in_shape: tuple[int, int, int]) -> BorderCor
 
 
 def fold_conv(
-    spec: ConvStage, in_shape: tuple[int, int, int], first: bool, fixed_output: bool, frac_bits: int, pixel_stats
+    spec: ConvStage,
+    in_shape: tuple[int, int, int],
+    first: bool,
+    fixed_output: bool,
+    frac_bits: int,
+    pixel_stats: tuple[tuple[float, ...], tuple[float, ...]],
 ) -> Stage:
     """One conv stage (conv, pool, norm, sign) of a model as a binary or integer first conv stage;
     ``fixed_output``: a float layer follows, so the stage outputs ``hardtanh(norm)`` in fixed point;

@@ -85,7 +85,7 @@ def fold_pixel_conv(
 
 
 @dataclasses.dataclass(kw_only=True)
-class _PixelConv(_ConvGeometry, Stage):
+class PixelConvStage(_ConvGeometry, Stage):
     """An exact integer conv of uint8 pixels (given as float32 ``[N, H, W, C]``): ``weights_int`` HWIO
     int64 ``Wq`` in ``num_parts`` base-``2**P`` digits; ``offsets()`` the ``C [H', W', O]`` it adds."""
 
@@ -166,7 +166,7 @@ class _PixelConv(_ConvGeometry, Stage):
 
 
 @dataclasses.dataclass(kw_only=True)
-class IntegerStemStage(_PixelConv):
+class IntegerStemStage(PixelConvStage):
     """A ResNet's float stem, its norm and hardtanh in integers: ``fixed`` with one offset per output
     position (``M = 1``)."""
 
@@ -196,7 +196,7 @@ class IntegerStemStage(_PixelConv):
 
 
 @dataclasses.dataclass(kw_only=True)
-class IntegerFirstConvStage(_PixelConv):
+class IntegerFirstConvStage(PixelConvStage):
     """A sequential net's float first conv + norm + sign in integers: bit ``= (Y + C >= 0)``, pooled
     (module docstring); ``offset`` int64 ``[H', W', O]``, ``flip`` bool ``[O]`` (``A_o < 0``)."""
 

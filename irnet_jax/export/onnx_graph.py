@@ -5,8 +5,9 @@ first layer).
 
 Both graphs take ``input`` ``[N, C, H, W]`` float32, the first layer's input as the engine has it
 (uint8 pixel values as float32 for an integer first layer or stem; +-1 planes for a binary one), and
-give ``logits [N, classes]``. Per stage ``i`` they name ``L<i>_sum`` (a binary conv's integer sums ``D`` before the
-pool, as float32), ``L<i>_out`` (+-1 bits, or the fixed-point value ``q * 2**-F``; the logits last).
+give ``logits [N, classes]``. Per stage ``i`` they name ``L<i>_sum`` (a binary conv's integer sums
+``D`` before the pool, as float32), ``L<i>_out`` (+-1 bits, or the fixed-point value ``q * 2**-F``;
+the logits last).
 
 * binary conv: ``Conv`` of the +-1 input with the +-1 weights (``[C_out, C_in, k, k]`` = the weight
   bits in ``(c, kh, kw)`` order). Plain ONNX pads a conv with zeros itself, so a zero-padded conv needs
@@ -36,7 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from irnet_jax.export import bits as bit_ops
-from irnet_jax.export.integer_stem import IntegerFirstConvStage, IntegerStemStage, _PixelConv
+from irnet_jax.export.integer_stem import IntegerFirstConvStage, IntegerStemStage, PixelConvStage
 from irnet_jax.export.residual import HeadStage, ResidualConvStage, wide_bound
 from irnet_jax.export.stages import BinaryConvStage, BinaryDenseStage, FloatDenseStage, FoldedModel, Stage
 
@@ -252,7 +253,7 @@ def projection(g: GraphBuilder, q: str, stage: ResidualConvStage, i: int) -> str
     return fixed_point_int64(g, y, stage.projection, stage.max_abs_projection_sum(), bound=bound)
 
 
-def pixel_conv(g: GraphBuilder, x: str, stage: _PixelConv, i: int) -> str:
+def pixel_conv(g: GraphBuilder, x: str, stage: PixelConvStage, i: int) -> str:
     """``Y = sum_k conv(p, part_k) 2**(k P)`` (int64 NCHW; each conv exact in float32)."""
     y = None
     for k, w in enumerate(stage.parts()):
@@ -332,7 +333,7 @@ def stage_tensors(stage: Stage, i: int) -> dict[str, list]:
         return ({f"L{i}_sum": ["N", *classes]} if isinstance(stage, BinaryDenseStage) else {}) | {
             f"L{i}_out": ["N", *classes]
         }
-    if isinstance(stage, _PixelConv):
+    if isinstance(stage, PixelConvStage):
         return {f"L{i}_out": ["N", stage.weights_int.shape[-1], *stage.output_hw()]}
     c = stage.weight_bits.shape[0]
     out = {f"L{i}_out": ["N", c, *stage.output_hw()]}

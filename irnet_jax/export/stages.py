@@ -3,8 +3,9 @@ form, its manifest entry and parameter files, and its golden files.
 
 Kinds: ``binary_conv`` (XNOR-popcount with the zero-padding correction, an integer threshold or a
 fixed-point output), ``binary_dense`` (integer sums, float32 logit map) and ``float_dense`` (a
-full-precision classifier on bits or fixed-point values). A full-precision first layer's kinds (integer convs of the pixels) are
-in ``integer_stem``, the ResNets' (fixed-point residual stream) in ``residual``.
+full-precision classifier on bits or fixed-point values). A full-precision first layer's kinds
+(integer convs of the pixels) are in ``integer_stem``, the ResNets' (fixed-point residual stream) in
+``residual``.
 """
 
 from __future__ import annotations
