@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irnet_jax import fixed_stream
+from irnet_jax.layers import max_pool
 
 Array = jax.Array
 
@@ -65,26 +66,15 @@ def integers(kernel: Array, norm: fixed_stream.NormParams, layout: fixed_stream.
     )
 
 
-def pool_bits(bits: Array, and_channels: Array, ceil_mode: bool) -> Array:
-    """2x2, stride-2 pool of 0/1 bits ``[N, H, W, C]``: the OR, or the AND where ``and_channels``
-    (``NOT OR NOT``); ``ceil_mode`` keeps a partial window at an odd edge (the OR of what it has)."""
-    flip = and_channels.astype(bits.dtype)
-    x = bits ^ flip
-    n, h, w, c = x.shape
-    if ceil_mode and (h % 2 or w % 2):
-        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-        h, w = x.shape[1:3]
-    x = x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-    return x ^ flip
-
-
 def first_layer_signs(
     pixels: Array, ints: FirstLayerIntegers, stride: int, pad: int, pool: str, ceil_mode: bool
 ) -> Array:
     """The first layer's output signs ``+-1`` (float32 ``[N, H'', W'', O]``) of pixels ``[N, H, W, C]``
     (float, 0..255), pooled per ``pool`` (``"none"``, ``"sums"``, ``"bits"``; module docstring)."""
     z = fixed_stream.stem_sums(pixels, ints.weights, stride, pad) + ints.offset
-    bits = (z >= 0).astype(jnp.int32)
-    if pool != "none":
-        bits = pool_bits(bits, ints.flip & (pool == "sums"), ceil_mode)
-    return (2 * bits - 1).astype(jnp.float32)
+    signs = jnp.where(z >= 0, 1.0, -1.0).astype(jnp.float32)
+    if pool == "none":
+        return signs
+    # the max of +-1 signs is their OR; -max(-s) is their AND (a negative scale turns max y into min z)
+    g = jnp.where(ints.flip & (pool == "sums"), -1.0, 1.0).astype(jnp.float32)
+    return g * max_pool(g * signs, ceil_mode=ceil_mode)

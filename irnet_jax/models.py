@@ -261,6 +261,8 @@ class SequentialBNN(nnx.Module):
         self.integer_first = q.integer_first_layer
         self.pixel_mean, self.pixel_std = tuple(q.pixel_mean), tuple(q.pixel_std)
         self.input_hw = tuple(input_shape[:2])
+        spec = self.export_stages()[0][0]
+        self.first_pool = (spec.pool, spec.ceil_mode)  # how the first layer pools: "none", "sums", "bits"
         if self.integer_first:
             _check_integer_first_layer(q, input_shape[2])
 
@@ -294,8 +296,8 @@ class SequentialBNN(nnx.Module):
         if not self.bns[0].use_running_average:
             return normalize_pixels(x, self.pixel_mean, self.pixel_std, self.convs[0].dtype), 0
         ints = self.first_layer_integers() if integers is None else integers
-        conv, spec = self.convs[0], self.export_stages()[0][0]
-        return int_first.first_layer_signs(x, ints, conv.strides, conv.padding, spec.pool, spec.ceil_mode), 1
+        conv = self.convs[0]
+        return int_first.first_layer_signs(x, ints, conv.strides, conv.padding, *self.first_pool), 1
 
 
 @register_model("vgg_small")
@@ -650,26 +652,24 @@ def _check_fixed_point_stream(model: CifarResNet, q: Quantization, block: str, s
     problems = [
         (block != "bireal", f"block={block!r} (needs 'bireal')"),
         (shortcut not in ("A", "B"), f"option-{shortcut} shortcuts (needs option A or B)"),
-        (not q.binary or not q.binarize_activations, "a model that is not 1w1a"),
         (q.binary_first_layer or q.binary_last_layer, "a binary first or last layer"),
-        (q.shift_conv, "shift convs"),
-        (q.norm == "offset", "norm='offset' (needs a BatchNorm, whose eval mode selects the integer stream)"),
-        (
-            len(q.pixel_mean) != channels or len(q.pixel_std) != channels,
-            f"pixel_mean/pixel_std of {channels} channel(s)",
-        ),
     ]
-    bad = [what for failed, what in problems if failed]
-    if bad:
-        raise ValueError(f"residual_frac_bits > 0 does not apply to {', '.join(bad)}")
+    _refuse_integer_eval("residual_frac_bits > 0", problems, q, channels)
 
 
 def _check_integer_first_layer(q: Quantization, channels: int) -> None:
     """``ValueError`` unless ``integer_first_layer`` can apply: a float first layer whose sign a binary
     layer takes (1w1a), a BatchNorm, pixel statistics for every channel."""
-    problems = [
+    problems = [(q.binary_first_layer, "a binary first layer")]
+    _refuse_integer_eval("integer_first_layer", problems, q, channels, " (set integer_first_layer=False)")
+
+
+def _refuse_integer_eval(option: str, problems: list, q: Quantization, channels: int, hint: str = "") -> None:
+    """``ValueError`` naming every failed ``(condition, what)`` of ``problems`` and of what every
+    integer eval mode needs: 1w1a convs without shift convs, a BatchNorm (its eval mode selects the
+    integers), pixel statistics for all ``channels``."""
+    problems = problems + [
         (not q.binary or not q.binarize_activations, "a model that is not 1w1a"),
-        (q.binary_first_layer, "a binary first layer"),
         (q.shift_conv, "shift convs"),
         (q.norm == "offset", "norm='offset' (needs a BatchNorm, whose eval mode selects the integers)"),
         (
@@ -679,7 +679,7 @@ def _check_integer_first_layer(q: Quantization, channels: int) -> None:
     ]
     bad = [what for failed, what in problems if failed]
     if bad:
-        raise ValueError(f"integer_first_layer does not apply to {', '.join(bad)} (set integer_first_layer=False)")
+        raise ValueError(f"{option} does not apply to {', '.join(bad)}{hint}")
 
 
 @register_model("resnet20")

@@ -37,6 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from irnet_jax.export import bits as bit_ops
+from irnet_jax.export.border import BorderCorrection
 from irnet_jax.export.integer_stem import IntegerFirstConvStage, IntegerStemStage, PixelConvStage
 from irnet_jax.export.residual import HeadStage, ResidualConvStage, wide_bound
 from irnet_jax.export.stages import BinaryConvStage, BinaryDenseStage, FloatDenseStage, FoldedModel, Stage
@@ -107,44 +108,37 @@ def sign_threshold(g: GraphBuilder, d: str, threshold: np.ndarray, flip: np.ndar
     return g.op("Where", [cond, g.const(np.float32(1.0), "plus"), g.const(np.float32(-1.0), "minus")])
 
 
-def separable_classes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """``values [H, W, C]`` as ``table[row_id[r], col_id[c]]`` (``table [R, Q, C]``: one entry per distinct
-    row and column, as a border-class table is), or ``None`` where it does not factor so."""
-    h, w, _ = values.shape
-    _, first_r, row_id = np.unique(values.reshape(h, -1), axis=0, return_index=True, return_inverse=True)
-    _, first_c, col_id = np.unique(
-        values.transpose(1, 0, 2).reshape(w, -1), axis=0, return_index=True, return_inverse=True
-    )
-    table, row_id, col_id = values[first_r][:, first_c], row_id.reshape(-1), col_id.reshape(-1)
-    return (table, row_id, col_id) if np.array_equal(table[row_id][:, col_id], values) else None
+def position_offsets(offset: np.ndarray, dtype=np.int64) -> np.ndarray:
+    """A ``[C]`` or ``[H, W, C]`` offset as a constant broadcasting over NCHW."""
+    return per_channel(offset, dtype) if offset.ndim == 1 else offset.transpose(2, 0, 1)[None].astype(dtype)
 
 
-def position_offsets(g: GraphBuilder, offset: np.ndarray, name: str = "offset") -> str:
-    """A ``[C]`` or ``[H, W, C]`` int64 offset as a tensor broadcasting over NCHW. A per-position offset
-    that depends on the border class only is a ``Gather`` of its class table by each position's class
-    (``[R Q, C]`` and ``[H, W]`` constants instead of ``[1, C, H, W]``), then ``Transpose``/``Unsqueeze``."""
-    offset = np.asarray(offset, np.int64)
-    if offset.ndim == 1:
-        return g.const(per_channel(offset, np.int64), name)
-    classes = separable_classes(offset)
-    if classes is None:
-        return g.const(offset.transpose(2, 0, 1)[None], name)
-    table, row_id, col_id = classes
-    flat = g.const(table.reshape(-1, table.shape[-1]), f"{name}_table")
-    index = g.const((row_id[:, None] * table.shape[1] + col_id[None, :]).astype(np.int64), f"{name}_class")
-    hwc = g.op("Gather", [flat, index], axis=0)
+def class_offsets(g: GraphBuilder, classes: BorderCorrection, add: np.ndarray | int = 0) -> str:
+    """The per-position int64 offset ``classes.per_position() + add`` (``add``: ``[C]`` or 0) broadcasting
+    over NCHW, as a ``Gather`` of the border-class table by each position's class (``[R Q, C]`` and
+    ``[H, W]`` constants instead of ``[1, C, H, W]``), then ``Transpose``/``Unsqueeze``."""
+    table = np.asarray(classes.table, np.int64) + np.asarray(add, np.int64)
+    flat = g.const(table.reshape(-1, table.shape[-1]), "offset_table")
+    index = classes.position_class().reshape(len(classes.row_class), len(classes.col_class)).astype(np.int64)
+    hwc = g.op("Gather", [flat, g.const(index, "offset_class")], axis=0)
     return g.op("Unsqueeze", [g.op("Transpose", [hwc], perm=[2, 0, 1]), g.const(np.array([0], np.int64), "axes")])
 
 
-def fixed_point_int64(g: GraphBuilder, y: str, fx, max_abs_input: float, bound: int = 1) -> str:
+def fixed_point_int64(
+    g: GraphBuilder, y: str, fx, max_abs_input: float, bound: int = 1, classes: BorderCorrection | None = None
+) -> str:
     """``q`` (``fixed_point.FixedPointAffine.apply``) of an int64 NCHW tensor ``y`` with ``|y| <=
-    max_abs_input``, as int64; clamped to ``+-bound 2**F``."""
+    max_abs_input``, as int64; clamped to ``+-bound 2**F``. ``classes``: a per-position offset's
+    border-class table (``class_offsets``), else the offset is a constant."""
     bound_acc = np.abs(fx.multiplier) * max_abs_input + np.max(np.abs(fx.offset).reshape(-1, fx.shift.size), 0)
     positive = (bound_acc + (1 << fx.shift)) // (1 << fx.shift) + 1  # P: P 2**S > |M y + C + 2**(S-1)|
     rounding = (1 << (fx.shift - 1)) + positive * (1 << fx.shift)
-    offset = np.asarray(fx.offset, np.int64) + rounding  # [C] or [H, W, C]
+    if classes is not None:
+        offset = class_offsets(g, classes, rounding)
+    else:
+        offset = g.const(position_offsets(np.asarray(fx.offset, np.int64) + rounding), "offset")
     x = g.op("Mul", [y, g.const(per_channel(fx.multiplier, np.int64), "multiplier")])
-    x = g.op("Add", [x, position_offsets(g, offset)])
+    x = g.op("Add", [x, offset])
     x = g.op("Div", [x, g.const(per_channel(1 << fx.shift, np.int64), "shift")])
     x = g.op("Sub", [x, g.const(per_channel(positive, np.int64), "positive")])
     x = g.op("Max", [x, g.const(np.int64(-bound * fx.one), "lo")])
@@ -268,13 +262,14 @@ def pixel_conv(g: GraphBuilder, x: str, stage: PixelConvStage, i: int) -> str:
 def integer_stem(g: GraphBuilder, x: str, stage: IntegerStemStage, i: int) -> str:
     """The integer conv, then the fixed point (``integer_stem``)."""
     y = pixel_conv(g, x, stage, i)
-    return to_value(g, fixed_point_int64(g, y, stage.fixed, stage.max_abs_sum()), stage.fixed.frac_bits)
+    q = fixed_point_int64(g, y, stage.fixed, stage.max_abs_sum(), classes=stage.offset_classes())
+    return to_value(g, q, stage.fixed.frac_bits)
 
 
 def integer_first_conv(g: GraphBuilder, x: str, stage: IntegerFirstConvStage, i: int) -> str:
     """``Z = Y + C`` (int64), its sign as +-1 (``Cast`` to float32 keeps the sign), then the pool: an OR
     of +-1 bits is a ``MaxPool``, an AND (``pool_and``) a ``MaxPool`` between two ``Mul`` by -1."""
-    z = g.op("Add", [pixel_conv(g, x, stage, i), position_offsets(g, stage.offset)])
+    z = g.op("Add", [pixel_conv(g, x, stage, i), class_offsets(g, stage.offset_classes())])
     channels = stage.offset.shape[-1]
     zeros = np.zeros(channels, np.int64)
     out = sign_threshold(g, g.op("Cast", [z], to=TensorProto.FLOAT), zeros, zeros.astype(bool), flip_mul=False)
