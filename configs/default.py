@@ -74,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
     # default is what it is: BENCHMARKS.md). fusion_barriers: "auto" = on CPU, store the ResNets'
     # residual stream once per block (XLA:CPU otherwise recomputes earlier blocks in every fusion).
     config.fusion_barriers = "auto"
+    # A 1w1a conv's forward products in int8 with int32 sums (irnet_jax.sign_conv: the same numbers as
+    # float32). "auto" = on CPU, for convs with >= 32 input channels (XLA:CPU's int8 conv is about 2x its
+    # float32 one there, slower at 16); "on" = every 1w1a conv, any backend; "off" = float.
+    config.int8_binary_convs = "auto"
     # CPU only: split the CPU into this many JAX devices (data parallel, one batch shard each) so that
     # XLA's single-threaded kernels of different shards run on different cores; 0 = JAX's default
     # (1 device). Applied before JAX starts (train.py and the benchmark do it).

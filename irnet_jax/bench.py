@@ -204,6 +204,7 @@ def benchmark_row(
         "eval_batch_size": eval_batch_size,
         "steps_per_call": steps_per_call,
         "unroll_steps": runtime.use_unrolled_steps(config),
+        "int8_conv_min_channels": runtime.int8_conv_min_channels(config),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "train_images_per_second": batch_size / train_s,
         "eval_images_per_second": eval_batch_size / eval_s,

@@ -43,6 +43,7 @@ OPERATIONAL_FIELDS = frozenset(
         "eval_batch_size",
         "num_train_steps",
         "fusion_barriers",
+        "int8_binary_convs",
         "cpu_devices",
         "steps_per_call",
         "unroll_steps",

@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from irnet_jax import binarization as bz
+from irnet_jax import sign_conv
 
 Array = jax.Array
 Dtype = Any
@@ -227,20 +228,12 @@ def _value(v: nnx.Param | float) -> Array | float:
     return v[...] if isinstance(v, nnx.Variable) else v
 
 
-def _conv(x: Array, w: Array, strides: int, pad: int) -> Array:
-    return jax.lax.conv_general_dilated(
-        x,
-        w,
-        window_strides=(strides, strides),
-        padding=((pad, pad), (pad, pad)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
-
-
 class BinaryConv(_BinaryLayer):
     """2-D convolution with optional IR-Net binarization of weights and/or input activations.
 
     ``x: [B, H, W, C_in] -> [B, H', W', C_out]``; ``padding`` pixels per side filled as ``pad_value``.
+    ``int8_products`` (1w1a only): the forward conv multiplies in int8 (``sign_conv``; the same
+    numbers, a speed choice of the backend policy).
     """
 
     kernel_reduce_axes = (0, 1, 2)
@@ -263,6 +256,7 @@ class BinaryConv(_BinaryLayer):
         activation_std_norm: bool = False,
         dtype: Dtype = jnp.float32,
         kernel_init: nnx.Initializer = nnx.initializers.kaiming_normal(),
+        int8_products: bool = False,
         rngs: nnx.Rngs,
     ):
         if pad_value not in PAD_VALUES:
@@ -282,20 +276,26 @@ class BinaryConv(_BinaryLayer):
         self.padding = kernel_size // 2 if padding is None else padding
         self.pad_value = pad_value
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+        if int8_products and not self.is_binary:
+            raise ValueError("int8_products needs a 1w1a conv (binary weights and activations)")
+        self.int8_products = int8_products
 
     def _check_input(self, x: Array) -> None:
         if x.ndim != 4 or x.shape[-1] != self.in_features:
             raise ValueError(f"{type(self).__name__} expects [B, H, W, {self.in_features}] input, got shape {x.shape}")
 
+    def _conv(self, x: Array, w: Array, strides: int, pad: int) -> Array:
+        return (sign_conv.int8_sign_conv if self.int8_products else sign_conv.float_conv)(x, w, strides, pad)
+
     def _binary_conv(self, xq: Array, wq: Array) -> Array:
         """Pad ``xq`` as configured and convolve (zero padding is left to the convolution itself)."""
         if self.pad_value == "zero":
-            y = _conv(xq, wq, self.strides, self.padding)
+            y = self._conv(xq, wq, self.strides, self.padding)
             if _recorded_calls is not None:
                 _record(self, pad_spatial(xq, self.padding, "zero"), y)
             return y
         xp = pad_spatial(xq, self.padding, self.pad_value)
-        y = _conv(xp, wq, self.strides, 0)
+        y = self._conv(xp, wq, self.strides, 0)
         _record(self, xp, y)
         return y
 

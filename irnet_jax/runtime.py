@@ -7,7 +7,9 @@ The fields decided here never change what a run computes (they are ``checkpointi
 - ``xla_flags``: extra XLA flags appended to ``$XLA_FLAGS`` ("auto" = ``AUTO_XLA_FLAGS``);
 - ``steps_per_call`` / ``unroll_steps``: train steps per device call and whether that loop is unrolled;
 - ``fusion_barriers``: store the ResNets' residual stream once per block (and the compiler option
-  that keeps those barriers).
+  that keeps those barriers);
+- ``int8_binary_convs``: a 1w1a conv's forward products in int8 (``sign_conv``; "auto" = on CPU, for
+  convs with at least ``CPU_INT8_MIN_CHANNELS`` input channels).
 
 Why each default is what it is, with the measurements, is in BENCHMARKS.md.
 """
@@ -31,6 +33,9 @@ GPU_STEPS_PER_CALL = 8
 # them out, so each convolution splits the graphs). A GPU-only flag: the other backends ignore it.
 AUTO_XLA_FLAGS = "--xla_gpu_enable_command_buffer=+CONVOLUTION"
 MAX_CPU_DEVICES = 512
+# int8_binary_convs="auto" on CPU: XLA:CPU's int8 conv is about 2x its float32 conv from 32 input
+# channels up, and several times slower at 16 (BENCHMARKS.md).
+CPU_INT8_MIN_CHANNELS = 32
 
 
 def on_or_auto_on_cpu(config: ml_collections.ConfigDict, field: str) -> bool:
@@ -45,6 +50,17 @@ def use_fusion_barriers(config: ml_collections.ConfigDict) -> bool:
     """Whether the residual stream is materialized (``fusion_barriers``; "auto" = on the CPU backend,
     where XLA:CPU otherwise recomputes the chain of earlier blocks inside every fusion)."""
     return on_or_auto_on_cpu(config, "fusion_barriers")
+
+
+def int8_conv_min_channels(config: ml_collections.ConfigDict) -> int:
+    """``models.Quantization.int8_conv_min_channels`` of ``int8_binary_convs``: "on" every 1w1a conv
+    (1), "off" none (0), "auto" those with ``CPU_INT8_MIN_CHANNELS`` input channels or more on CPU (a
+    config written before the field: "off")."""
+    if "int8_binary_convs" not in config:
+        return 0
+    if config.int8_binary_convs == "on":
+        return 1
+    return CPU_INT8_MIN_CHANNELS if on_or_auto_on_cpu(config, "int8_binary_convs") else 0
 
 
 def use_unrolled_steps(config: ml_collections.ConfigDict) -> bool:

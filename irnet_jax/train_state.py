@@ -54,7 +54,7 @@ def compute_dtype(config: ml_collections.ConfigDict):
 QUANTIZATION_FIELDS = tuple(
     f.name
     for f in dataclasses.fields(models.Quantization)
-    if f.name not in ("dtype", "materialize_residuals", "pixel_mean", "pixel_std")
+    if f.name not in ("dtype", "materialize_residuals", "int8_conv_min_channels", "pixel_mean", "pixel_std")
 )
 
 
@@ -89,6 +89,7 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module
         rngs=rngs,
         dtype=compute_dtype(config),
         materialize_residuals=runtime.use_fusion_barriers(config),
+        int8_conv_min_channels=runtime.int8_conv_min_channels(config),
         **options,
         **config.model_kwargs.to_dict(),
     )

@@ -24,6 +24,7 @@ FIELDS = {
     "train_images_per_second_pipelined",
     "steps_per_call",
     "unroll_steps",
+    "int8_conv_min_channels",
     "xla_flags",
 }
 

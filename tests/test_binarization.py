@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from irnet_jax import binarization as bz
+from irnet_jax import sign_conv
 from irnet_jax.layers import BinaryConv, BinaryDense, record_layer_calls
 
 
@@ -143,3 +144,46 @@ def test_binary_conv_bad_input_shape_names_expected_shape():
     conv = BinaryConv(3, 4, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"BinaryConv expects \[B, H, W, 3\].*\(2, 8, 8, 5\)"):
         conv(jnp.zeros((2, 8, 8, 5)))
+
+
+@pytest.mark.parametrize(
+    "kernel,strides,pad,c_in,scale",
+    [(3, 1, 1, 5, 0.25), (3, 2, 1, 8, 2.0**-7), (1, 2, 0, 4, 1.0), (5, 1, 0, 3, 4.0), (3, 1, 1, 6, 0.3)],
+)
+def test_int8_sign_conv_is_the_float_conv_forward_and_backward(kernel, strides, pad, c_in, scale):
+    """int8 products give the float32 conv's numbers (bit for bit with a power-of-two scale, within one
+    rounding otherwise), with 0s in the input (zero padding) and a dead channel; the gradient is the
+    float conv's."""
+    k = jax.random.split(jax.random.key(kernel * 10 + c_in), 4)
+    x = jnp.sign(jax.random.normal(k[0], (2, 9, 9, c_in))) * (jax.random.uniform(k[1], (2, 9, 9, c_in)) > 0.1)
+    channel_scale = scale * jnp.array([1.0, 2.0, 0.0, 0.5])  # channel 2: all weights 0
+    w = bz.sign(jax.random.normal(k[2], (kernel, kernel, c_in, 4))) * channel_scale
+    g = jax.random.normal(k[3], sign_conv.float_conv(x, w, strides, pad).shape)
+    y_float, vjp_float = jax.vjp(lambda a, b: sign_conv.float_conv(a, b, strides, pad), x, w)
+    y_int8, vjp_int8 = jax.vjp(lambda a, b: sign_conv.int8_sign_conv(a, b, strides, pad), x, w)
+    assert y_int8.dtype == jnp.float32 and np.any(np.asarray(y_float) != 0)
+    if np.log2(scale) == np.round(np.log2(scale)):
+        np.testing.assert_array_equal(np.asarray(y_int8), np.asarray(y_float))
+    else:
+        np.testing.assert_allclose(np.asarray(y_int8), np.asarray(y_float), rtol=1e-6, atol=1e-6)
+    for a, b in zip(vjp_int8(g), vjp_float(g)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("pad_value", ["zero", "checkerboard"])
+def test_binary_conv_int8_products_change_no_number(pad_value):
+    """A BinaryConv with ``int8_products``: the same output and parameter gradients as without."""
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 6))
+    ede = bz.EstimatorParams.constant(1.0, 3.0)
+
+    def run(int8):
+        conv = BinaryConv(6, 5, 3, strides=2, pad_value=pad_value, int8_products=int8, rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(conv)
+        loss = lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x, ede)))  # noqa: E731
+        return jax.value_and_grad(loss)(params)
+
+    (loss_f, grads_f), (loss_i, grads_i) = run(False), run(True)
+    assert loss_f == loss_i
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), grads_f, grads_i)
+    with pytest.raises(ValueError, match="int8_products needs a 1w1a conv"):
+        BinaryConv(6, 5, binarize_activations=False, int8_products=True, rngs=nnx.Rngs(0))

@@ -181,6 +181,29 @@ def test_materialized_residual_stream_is_not_recomputed(block):
     np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["resnet20", "vgg_small", "mnistnet"])
+def test_int8_binary_convs_change_no_number(name):
+    """``int8_conv_min_channels`` (the trainer's CPU default, via ``int8_binary_convs``): the 1w1a convs
+    with that many input channels multiply in int8, and the loss, every gradient and the eval logits
+    are the float model's, bit for bit."""
+    shape = SHAPES["mnist" if name == "mnistnet" else "cifar10"]
+    x = jax.random.normal(jax.random.key(1), (3, *shape))
+    results = []
+    for min_channels in (0, 32):
+        model = models.create_model(
+            name, input_shape=shape, num_classes=10, rngs=nnx.Rngs(0), int8_conv_min_channels=min_channels
+        )
+        int8 = [m.in_features for _, m in nnx.iter_modules(model) if getattr(m, "int8_products", False)]
+        assert (len(int8) > 0 and min(int8) >= 32) if min_channels else not int8
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean(jnp.sin(m(x))))(model)  # noqa: B023
+        model.eval()
+        results.append((loss, nnx.state(grads, nnx.Param), model(x)))
+    (loss_f, grads_f, logits_f), (loss_i, grads_i, logits_i) = results
+    assert float(loss_f) == float(loss_i)
+    np.testing.assert_array_equal(np.asarray(logits_f), np.asarray(logits_i))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), grads_f, grads_i)
+
+
 STATS = dict(pixel_mean=(0.49, 0.48, 0.45), pixel_std=(0.25, 0.24, 0.26))
 
 

@@ -320,6 +320,7 @@ def test_unknown_config_field_is_rejected(tmp_path):
         ("steps_per_call", 0, r"steps_per_call must be >= 1 or -1 \(auto\), got 0"),
         ("unroll_steps", "yes", r"unroll_steps must be one of \['auto', 'on', 'off'\], got 'yes'"),
         ("fusion_barriers", "always", r"fusion_barriers must be one of \['auto', 'on', 'off'\], got 'always'"),
+        ("int8_binary_convs", "int4", r"int8_binary_convs must be one of \['auto', 'on', 'off'\], got 'int4'"),
     ],
 )
 def test_unknown_names_list_valid_ones(tfds_dir, tmp_path, field, value, message):
