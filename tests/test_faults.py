@@ -143,7 +143,7 @@ def test_export_and_bench_mistakes_are_one_line(tmp_path, finished_run):
     r = run_command([*export, f"--out={tmp_path / 'e'}", "--formats=onnx,tflite"], REPO)
     assert_one_line_error(r, "formats='onnx,tflite' is not allowed: choose from ['onnx', 'qonnx']", prog)
     r = run_command([*export, f"--out={tmp_path / 'e'}", "--frac_bits=30"], REPO)
-    assert_one_line_error(r, "frac_bits=30 is not allowed: must be 0 (the model's own, else 22) or in [1, 23]", prog)
+    assert_one_line_error(r, "frac_bits=30 is not allowed: must be 0 (the model's own, else 24) or in [1, 26]", prog)
     assert not (tmp_path / "e").exists()
     r = run_command(["-m", "irnet_jax.bench", "--config=configs/smoke.py", "--binary=maybe"], REPO)
     assert_one_line_error(r, "--binary takes true/false values, got 'maybe'", "python -m irnet_jax.bench")

@@ -22,8 +22,8 @@ flags.DEFINE_string("formats", "onnx,qonnx", "Graphs to write and verify: onnx, 
 flags.DEFINE_integer(
     "frac_bits",
     0,
-    "Fractional bits of the fixed-point values (a float classifier's input, a ResNet's stream; 1..23); "
-    "0: the model's residual_frac_bits if it was trained with one, else 22.",
+    "Fractional bits of the fixed-point values (a float classifier's input, a ResNet's stream; 1..26); "
+    "0: the model's residual_frac_bits if it was trained with one, else 24.",
 )
 flags.mark_flags_as_required(["checkpoint", "out"])
 

@@ -107,7 +107,7 @@ def format_section(folded: FoldedModel) -> dict[str, Any]:
         "+-2^29 instead of +-2^(F+1)",
         "float_order": {
             "binary_dense": "logits = float32(D) * logit_scale, rounded to float32, then + bias (no fused multiply-add)",
-            "float_dense": "v = float32(q) * 2^-F (exact); logits = v @ W in float32 (any summation order), then + bias",
+            "float_dense": "v = float32(q) * float32(2^-F) (float32(q) rounds to nearest even where |q| > 2^24); logits = v @ W in float32 (any summation order), then + bias",
             "avgpool_float_dense": "v = float32(sum_hw q) * float32(2^-F / (H*W)); v = v * A + B; logits = v @ W + b",
         },
         "argmax": "the predicted class is the lowest index among equal largest logits",

@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-DEFAULT_FRAC_BITS = 22  # ResNet-20: prediction agreement with the float model plateaus from here (BENCHMARKS.md)
+DEFAULT_FRAC_BITS = 24  # ResNet-18 and -20: agreement with the float64 model plateaus from here (BENCHMARKS.md)
 MULTIPLIER_BITS = 30  # |M| < 2**30, and |M D| < 2**PRODUCT_BITS
 PRODUCT_BITS = 60
 OFFSET_LIMIT_BITS = 59  # |C| < 2**59

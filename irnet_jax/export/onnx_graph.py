@@ -6,8 +6,8 @@ first layer).
 Both graphs take ``input`` ``[N, C, H, W]`` float32, the first layer's input as the engine has it
 (uint8 pixel values as float32 for an integer first layer or stem; +-1 planes for a binary one), and
 give ``logits [N, classes]``. Per stage ``i`` they name ``L<i>_sum`` (a binary conv's integer sums
-``D`` before the pool, as float32), ``L<i>_out`` (+-1 bits, or the fixed-point value ``q * 2**-F``;
-the logits last).
+``D`` before the pool, as float32), ``L<i>_out`` (+-1 bits as float32, or the fixed-point integers
+``q`` as int64: a ResNet's stream, a float classifier's input; the logits last).
 
 * binary conv: ``Conv`` of the +-1 input with the +-1 weights (``[C_out, C_in, k, k]`` = the weight
   bits in ``(c, kh, kw)`` order). Plain ONNX pads a conv with zeros itself, so a zero-padded conv needs
@@ -18,8 +18,10 @@ the logits last).
 * threshold: ``Mul`` by ``g = -1`` where the channel flips (else +1), then ``g D >= g T`` (plain:
   ``GreaterOrEqual`` and ``Where``; QONNX: ``MultiThreshold`` with ``out_scale 2``, ``out_bias -1``).
 * fixed point: ``Cast`` to int64, ``Mul`` M, ``Add`` (C + 2**(S-1) + P 2**S), ``Div`` 2**S (on a
-  non-negative value: the floor), ``Sub`` P, ``Max``/``Min`` (the clamp), ``Cast`` to float32, ``Mul``
-  2**-F. ``P`` (per channel) only keeps the dividend non-negative.
+  non-negative value: the floor), ``Sub`` P, ``Max``/``Min`` (the clamp); ``q`` stays int64 (a pool of
+  it runs in float64, exact). ``P`` (per channel) only keeps the dividend non-negative. A stream's bits
+  are the signs of ``Cast(q)`` to float32 (a cast keeps the sign); a float layer takes ``float32(q)
+  * float32(2**-F)``, as the engine.
 * option-B shortcut: the int64 stream ``Slice``d to every ``s``-th row and column, ``Transpose`` to
   NHWC, an int64 ``MatMul`` with the integer weights (exact), ``Transpose`` back, the fixed point.
 * integer first layer / stem: one float32 ``Conv`` per base-``2**P`` weight part (exact), ``Cast`` to
@@ -146,19 +148,19 @@ def fixed_point_int64(
 
 
 def fixed_point(g: GraphBuilder, d: str, stage: BinaryConvStage) -> str:
-    """``q`` of the float32 sums ``d`` (NCHW) as float32 ``q`` (exact: ``|q| <= 2**F``)."""
-    q = fixed_point_int64(g, g.op("Cast", [d], to=TensorProto.INT64), stage.fixed, stage.fan_in)
-    return g.op("Cast", [q], to=TensorProto.FLOAT)
+    """``q`` (int64) of the float32 sums ``d`` (NCHW)."""
+    return fixed_point_int64(g, g.op("Cast", [d], to=TensorProto.INT64), stage.fixed, stage.fan_in)
 
 
-def to_value(g: GraphBuilder, q: str, frac_bits: int) -> str:
-    """int64 ``q`` -> float32 ``q * 2**-F`` (exact)."""
-    return g.op("Mul", [g.op("Cast", [q], to=TensorProto.FLOAT), g.const(np.float32(2.0**-frac_bits), "unit")])
+def int64_pool(g: GraphBuilder, q: str, ceil: bool) -> str:
+    """A max-pool of int64 ``q`` (``MaxPool`` takes no int64): through float64, exact for ``|q| < 2**53``."""
+    pooled = pool(g, g.op("Cast", [q], to=TensorProto.DOUBLE), ceil)
+    return g.op("Cast", [pooled], to=TensorProto.INT64)
 
 
-def to_integer(g: GraphBuilder, v: str, frac_bits: int) -> str:
-    """float32 ``q * 2**-F`` -> int64 ``q`` (exact)."""
-    return g.op("Cast", [g.op("Mul", [v, g.const(np.float32(2.0**frac_bits), "scale")])], to=TensorProto.INT64)
+def to_value(g: GraphBuilder, q: str, unit: np.float32) -> str:
+    """int64 ``q`` -> float32 ``float32(q) * unit`` (the engine's order and rounding)."""
+    return g.op("Mul", [g.op("Cast", [q], to=TensorProto.FLOAT), g.const(np.float32(unit), "unit")])
 
 
 def pad_border(g: GraphBuilder, x: str, stage: BinaryConvStage) -> tuple[str, int]:
@@ -203,25 +205,24 @@ def binary_conv(g: GraphBuilder, x: str, stage: BinaryConvStage, i: int) -> str:
     d = binary_sums(g, x, stage, i)
     if stage.pool == "sums":
         d = pool(g, d, stage.ceil_pool)
-    y = sign_threshold(g, d, stage.threshold, stage.flip) if stage.fixed is None else fixed_point(g, d, stage)
-    if stage.pool == "bits":
-        y = pool(g, y, stage.ceil_pool)
     if stage.fixed is not None:
-        y = g.op("Mul", [y, g.const(np.float32(2.0**-stage.fixed.frac_bits), "unit")])
-    return y
+        q = fixed_point(g, d, stage)
+        return int64_pool(g, q, stage.ceil_pool) if stage.pool == "bits" else q
+    y = sign_threshold(g, d, stage.threshold, stage.flip)
+    return pool(g, y, stage.ceil_pool) if stage.pool == "bits" else y
 
 
-def stream_bits(g: GraphBuilder, v: str, channels: int) -> str:
-    """+1 where the stream value ``v >= 0``, else -1 (QONNX: a BIPOLAR ``MultiThreshold`` at 0)."""
+def stream_bits(g: GraphBuilder, q: str, channels: int) -> str:
+    """+1 where the int64 stream ``q >= 0``, else -1 (QONNX: a BIPOLAR ``MultiThreshold`` at 0), of
+    ``Cast(q)`` to float32, which keeps every sign."""
     zeros = np.zeros(channels, np.int64)
-    return sign_threshold(g, v, zeros, zeros.astype(bool), flip_mul=False)
+    return sign_threshold(g, g.op("Cast", [q], to=TensorProto.FLOAT), zeros, zeros.astype(bool), flip_mul=False)
 
 
-def residual_conv(g: GraphBuilder, v: str, stage: ResidualConvStage, i: int) -> str:
-    """``q' = clamp(t + shortcut(q))`` on the stream value ``v = q 2**-F`` (``residual``)."""
-    d = binary_sums(g, stream_bits(g, v, stage.in_shape[-1]), stage, i)
+def residual_conv(g: GraphBuilder, q: str, stage: ResidualConvStage, i: int) -> str:
+    """``q' = clamp(t + shortcut(q))`` of the int64 stream ``q`` (``residual``)."""
+    d = binary_sums(g, stream_bits(g, q, stage.in_shape[-1]), stage, i)
     t = fixed_point_int64(g, g.op("Cast", [d], to=TensorProto.INT64), stage.fixed, stage.fan_in, bound=stage.t_bound)
-    q = to_integer(g, v, stage.fixed.frac_bits)
     if stage.shortcut != "identity":
         step = stage.shortcut_stride
         starts, ends = g.const(np.array([0, 0], np.int64), "starts"), g.const(np.array([2**62] * 2, np.int64), "ends")
@@ -234,8 +235,9 @@ def residual_conv(g: GraphBuilder, v: str, stage: ResidualConvStage, i: int) -> 
         pads = g.const(np.array([0, half, 0, 0, 0, stage.pad_channels - half, 0, 0], np.int64), "pads")
         q = g.op("Pad", [q, pads, g.const(np.int64(0), "zero")], mode="constant")
     one = stage.fixed.one
-    out = g.op("Min", [g.op("Max", [g.op("Add", [t, q]), g.const(np.int64(-one), "lo")]), g.const(np.int64(one), "hi")])
-    return to_value(g, out, stage.fixed.frac_bits)
+    return g.op(
+        "Min", [g.op("Max", [g.op("Add", [t, q]), g.const(np.int64(-one), "lo")]), g.const(np.int64(one), "hi")]
+    )
 
 
 def projection(g: GraphBuilder, q: str, stage: ResidualConvStage, i: int) -> str:
@@ -260,10 +262,9 @@ def pixel_conv(g: GraphBuilder, x: str, stage: PixelConvStage, i: int) -> str:
 
 
 def integer_stem(g: GraphBuilder, x: str, stage: IntegerStemStage, i: int) -> str:
-    """The integer conv, then the fixed point (``integer_stem``)."""
+    """The integer conv, then the fixed point (``integer_stem``): the int64 stream."""
     y = pixel_conv(g, x, stage, i)
-    q = fixed_point_int64(g, y, stage.fixed, stage.max_abs_sum(), classes=stage.offset_classes())
-    return to_value(g, q, stage.fixed.frac_bits)
+    return fixed_point_int64(g, y, stage.fixed, stage.max_abs_sum(), classes=stage.offset_classes())
 
 
 def integer_first_conv(g: GraphBuilder, x: str, stage: IntegerFirstConvStage, i: int) -> str:
@@ -281,11 +282,11 @@ def integer_first_conv(g: GraphBuilder, x: str, stage: IntegerFirstConvStage, i:
     return g.op("Mul", [pool(g, g.op("Mul", [out, sgn]), stage.ceil_pool), sgn])
 
 
-def head(g: GraphBuilder, v: str, stage: HeadStage, i: int) -> str:
-    """Average pool, head norm, classifier: float32, in the engine's order (``residual.HeadStage``)."""
-    h, w, _ = stage.in_shape
-    pooled = g.op("ReduceSum", [v, g.const(np.array([2, 3], np.int64), "axes")], keepdims=0)
-    y = g.op("Mul", [pooled, g.const(np.float32(1.0 / (h * w)), "mean")])
+def head(g: GraphBuilder, q: str, stage: HeadStage, i: int) -> str:
+    """Average pool of the int64 stream ``q``, head norm, classifier: float32, in the engine's order
+    (``residual.HeadStage``)."""
+    pooled = g.op("ReduceSum", [q, g.const(np.array([2, 3], np.int64), "axes")], keepdims=0)
+    y = to_value(g, pooled, stage.pooled_scale())
     if stage.norm is not None:
         y = g.op("Add", [g.op("Mul", [y, g.const(stage.norm[0], "A")]), g.const(stage.norm[1], "B")])
     y = g.op("MatMul", [y, g.const(stage.weights.astype(np.float32), f"L{i}_weights")])
@@ -305,7 +306,11 @@ def binary_dense(g: GraphBuilder, x: str, stage: BinaryDenseStage, i: int) -> st
 
 
 def float_dense(g: GraphBuilder, x: str, stage: FloatDenseStage, i: int) -> str:
-    y = g.op("MatMul", [flatten_hwc(g, x), g.const(stage.weights.astype(np.float32), f"L{i}_weights")])
+    """``v @ W + b``, float32; ``v`` the +-1 bits, or ``float32(q) * float32(2**-F)`` of int64 ``q``."""
+    v = flatten_hwc(g, x)
+    if stage.input_frac_bits is not None:
+        v = to_value(g, v, np.float32(2.0**-stage.input_frac_bits))
+    y = g.op("MatMul", [v, g.const(stage.weights.astype(np.float32), f"L{i}_weights")])
     return g.op("Add", [y, g.const(stage.bias.astype(np.float32), "bias")])
 
 
@@ -335,6 +340,12 @@ def stage_tensors(stage: Stage, i: int) -> dict[str, list]:
     return ({f"L{i}_sum": ["N", c, *stage.conv_output_hw()]} if isinstance(stage, BinaryConvStage) else {}) | out
 
 
+def tensor_type(stage: Stage, name: str) -> int:
+    """The ONNX element type of a stage tensor: int64 for fixed-point integers ``q``, else float32."""
+    fixed = getattr(stage, "fixed", None) is not None and not isinstance(stage, IntegerFirstConvStage)
+    return TensorProto.INT64 if fixed and name.endswith("_out") else TensorProto.FLOAT
+
+
 def build_graph(folded: FoldedModel, qonnx: bool = False, intermediates: bool = False) -> onnx.ModelProto:
     """The ONNX (``qonnx=False``, any batch size ``N``) or QONNX model of ``folded`` (batch 1, as
     FINN takes it; ``run_qonnx`` changes it); ``intermediates`` adds every stage's sums and output as
@@ -352,7 +363,8 @@ def build_graph(folded: FoldedModel, qonnx: bool = False, intermediates: bool = 
         for i, stage in enumerate(folded.stages):
             shapes = stage_tensors(stage, i)
             outputs += [
-                helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, *shape[1:]]) for n, shape in shapes.items()
+                helper.make_tensor_value_info(n, tensor_type(stage, n), [batch, *shape[1:]])
+                for n, shape in shapes.items()
             ]
     graph = helper.make_graph(
         g.nodes,
@@ -428,10 +440,10 @@ def graph_predictions(model: onnx.ModelProto, qonnx: bool, x: np.ndarray, batch:
 
 def mismatched_tensors(tensors: dict[str, np.ndarray], folded: FoldedModel, trace: list[dict]) -> list[str]:
     """The stage tensors of a graph run (``run_graph``) that differ from a ``run_numpy`` trace of the same
-    images: sums exactly, bits as ``> 0``, fixed-point values as ``q * 2**-F``; the float logits are
+    images: sums exactly, bits as ``> 0``, fixed-point integers ``q`` exactly; the float logits are
     not compared (their summation order is free)."""
     bad = []
-    for i, (stage, record) in enumerate(zip(folded.stages[:-1], trace)):
+    for i, record in enumerate(trace[: len(folded.stages) - 1]):
         d, out = tensors.get(f"L{i}_sum"), tensors[f"L{i}_out"]
         if d is not None and not np.array_equal(d.transpose(0, 2, 3, 1), record["sums"]):
             bad.append(f"L{i}_sum")
@@ -439,7 +451,7 @@ def mismatched_tensors(tensors: dict[str, np.ndarray], folded: FoldedModel, trac
         if expected.dtype == np.uint8:
             same = set(np.unique(out)) <= {-1.0, 1.0} and np.array_equal(out.transpose(0, 2, 3, 1) > 0, expected == 1)
         else:
-            same = np.array_equal(out.transpose(0, 2, 3, 1), expected * np.float32(2.0**-stage.fixed.frac_bits))
+            same = out.dtype == np.int64 and np.array_equal(out.transpose(0, 2, 3, 1), expected)
         if not same:
             bad.append(f"L{i}_out")
     return bad

@@ -20,6 +20,7 @@ from irnet_jax.export.engine import (
     stream_equal_layers,
 )
 from irnet_jax.export.files import write_export
+from irnet_jax.export.fixed_point import DEFAULT_FRAC_BITS
 from irnet_jax.export.folding import ExportError, fold
 from irnet_jax.export.stages import FoldedModel
 from irnet_jax.timing import median_seconds
@@ -32,7 +33,10 @@ GRAPH_FILES = {"onnx": "model.onnx", "qonnx": "model.qonnx.onnx"}
 PACKAGES = {"onnx": ("onnx", "onnxruntime"), "qonnx": ("onnx", "onnxruntime", "qonnx")}
 STREAM_CHECK_IMAGES = 1000  # images whose every stream tensor is compared with the model's own
 FINN_CHECK_IMAGES = 16  # the FINN steps' graphs run image by image (batch 1)
-FRAC_BITS_RANGE = (1, 23)  # q = +-2**F must stay exact in float32 (the ONNX graphs' tensors)
+FRAC_BITS_RANGE = (
+    1,
+    26,
+)  # int32 stream; beside an option-B shortcut t and the shortcut clamp to +-2**29, i.e. +-8 at F = 26
 
 
 def parse_formats(formats: str) -> tuple[str, ...]:
@@ -63,7 +67,7 @@ def check_arguments(out: str, num_images: int, verify: int, bench_batch: int, fr
     lo, hi = FRAC_BITS_RANGE
     if frac_bits and not lo <= frac_bits <= hi:
         raise ConfigError(
-            f"frac_bits={frac_bits} is not allowed: must be 0 (the model's own, else 22) or in [{lo}, {hi}]"
+            f"frac_bits={frac_bits} is not allowed: must be 0 (the model's own, else {DEFAULT_FRAC_BITS}) or in [{lo}, {hi}]"
         )
     if not out:
         raise ConfigError("out is empty: name a new folder for the export")

@@ -341,7 +341,7 @@ class FloatDenseStage(_LogitsOutput, Stage):
             input="fixed_point" if self.input_frac_bits is not None else "bits",
             input_frac_bits=self.input_frac_bits,
             rule="logits = v @ W + b in float32, the product first, then + b; v = "
-            + ("float32(q) * 2^-F (exact)" if self.input_frac_bits is not None else "2a - 1"),
+            + ("float32(q) * float32(2^-F)" if self.input_frac_bits is not None else "2a - 1"),
             weights_npz=f"weights/L{index}_float.npz",
         )
         np.savez(os.path.join(out_dir, entry["weights_npz"]), kernel=self.weights, bias=self.bias)
