@@ -40,17 +40,17 @@ def channel_scales(w: Array) -> Array:
 
 
 def _int8_forward(x: Array, w: Array, strides: int, pad: int) -> Array:
-    s = channel_scales(w)
-    signs = w.astype(jnp.float32) / jnp.where(s > 0, s, 1.0)  # +-1 (0 where a whole channel is 0)
+    # jnp.sign, not w / s: XLA:CPU divides through a reciprocal, and s * (1/s) = 0.99999994 for some s,
+    # which the int8 cast would truncate to 0.
     d = jax.lax.conv_general_dilated(
         x.astype(jnp.int8),
-        signs.astype(jnp.int8),
+        jnp.sign(w).astype(jnp.int8),
         window_strides=(strides, strides),
         padding=((pad, pad), (pad, pad)),
         dimension_numbers=DIMENSIONS,
         preferred_element_type=jnp.int32,
     )
-    return (d.astype(jnp.float32) * s).astype(x.dtype)
+    return (d.astype(jnp.float32) * channel_scales(w)).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

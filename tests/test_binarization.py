@@ -170,6 +170,18 @@ def test_int8_sign_conv_is_the_float_conv_forward_and_backward(kernel, strides, 
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_int8_sign_conv_any_channel_scale_is_the_exact_sum_rounded_once():
+    """64 output channels with scales that are no powers of two (a learned weight scale's): each output
+    is ``D * s_o`` rounded once, ``D`` the exact integer sum (none of its terms lost to rounding)."""
+    k = jax.random.split(jax.random.key(7), 2)
+    x = jnp.sign(jax.random.normal(k[0], (2, 6, 6, 40)))
+    signs = jnp.sign(jax.random.normal(k[1], (3, 3, 40, 64)))
+    scales = jnp.linspace(0.013, 0.97, 64, dtype=jnp.float32)
+    y = np.asarray(jax.jit(lambda a, b: sign_conv.int8_sign_conv(a, b, 1, 1))(x, signs * scales))
+    d = np.asarray(sign_conv.float_conv(x, signs, 1, 1)).astype(np.int64)  # +-1 products: exact
+    np.testing.assert_array_equal(y, (d * np.asarray(scales, np.float64)).astype(np.float32))
+
+
 @pytest.mark.parametrize("pad_value", ["zero", "checkerboard"])
 def test_binary_conv_int8_products_change_no_number(pad_value):
     """A BinaryConv with ``int8_products``: the same output and parameter gradients as without."""
