@@ -9,7 +9,8 @@
 #   HARNESS=<irnet_official/run.py> SRC=<extracted htqin/IR-Net> bash bench/gpu_side_by_side.sh OUT_DIR
 #
 # The loop needs prepared CIFAR-10 under $TFDS_DATA_DIR (any number of training images: the loop's rate
-# is per image); LOOP_STEPS (default 585) sets its length, 0 skips it. On an offline machine, wheels
+# is per image); LOOP_STEPS (default 585) sets its length, 0 skips it; OFFICIAL_AFTER=0 skips the second
+# official round. On an offline machine, wheels
 # of the missing packages in .whl/ are installed first (--no-index, into /tmp/irnet_site); keep the
 # machine's flax (it must match its JAX).
 set -uo pipefail
@@ -44,4 +45,4 @@ ours() {
       --output="$OUT/ours.jsonl" 2>&1 | grep -v '^{' || echo "OURS $config STOPPED"
   done
 }
-{ official; ours; official; } 2>&1 | tee "$OUT/log.txt"
+{ official; ours; [ "${OFFICIAL_AFTER:-1}" = 1 ] && official; } 2>&1 | tee "$OUT/log.txt"

@@ -132,8 +132,8 @@ def loop_rate(config: ml_collections.ConfigDict, loop_steps: int) -> dict[str, A
     """The training loop's own rate: ``trainer.train_and_evaluate`` for ``loop_steps`` steps on the
     config's real dataset (all of its training images on the devices, the learning rate and EDE fed
     every call as in training, no validation split), in a temporary workdir; ``summary.json``'s
-    ``train_images_per_second`` (compilation and evaluation excluded). ``None`` when the dataset is
-    not prepared here."""
+    ``train_images_per_second`` over its ``train_timed_steps`` (calls that compile, and evaluations,
+    excluded). ``None`` when the dataset is not prepared here."""
     if loop_steps <= 0:
         return {}
     c = config.copy_and_resolve_references()
@@ -144,7 +144,11 @@ def loop_rate(config: ml_collections.ConfigDict, loop_steps: int) -> dict[str, A
         except data_lib.DataError as e:
             print(f"loop rate skipped: {e}", flush=True)
             return {"loop_steps": loop_steps, "loop_train_images_per_second": None}
-    return {"loop_steps": summary["steps"], "loop_train_images_per_second": summary["train_images_per_second"]}
+    return {
+        "loop_steps": summary["steps"],
+        "loop_timed_steps": summary["train_timed_steps"],
+        "loop_train_images_per_second": summary["train_images_per_second"],
+    }
 
 
 def benchmark_row(

@@ -64,7 +64,7 @@ def pipelined_seconds(fn: Callable[[], Any], steps: int) -> float:
 
 @dataclasses.dataclass
 class TrainClock:
-    """Wall seconds and steps of training, without compilation (the first call) and evaluations."""
+    """Wall seconds and steps of training, without compilation (the first call of each size) and evaluations."""
 
     seconds: float = 0.0
     steps: int = 0

@@ -188,7 +188,7 @@ class Progress:
     log_time: float = dataclasses.field(default_factory=time.time)
     log_step: int = 0
     clock: TrainClock = dataclasses.field(default_factory=TrainClock)
-    compiled: bool = False
+    compiled_sizes: set[int] = dataclasses.field(default_factory=set)  # the call sizes already compiled
     start_step: int = 0  # the step the run (re)started at
 
 
@@ -220,6 +220,10 @@ def _train_call(
     """One device call of ``plan.call_size`` steps; logs when it is time."""
     plan, step = loop.plan, progress.step
     n_steps = plan.call_size(step)
+    compiles = n_steps not in progress.compiled_sizes  # the first call, and an epoch's first shorter tail
+    if compiles:  # not timed: throughput excludes compilation
+        jax.block_until_ready(state.step)
+        progress.clock.stop(step)
     idx = mesh_lib.put_batch(plan.batch_indices(order, step, n_steps), loop.mesh, axis=1)
     ede = optim.estimator_params_of_steps(loop.config, step, n_steps, plan.steps_per_epoch)
     state, m = loop.train_steps(state, *loop.train, idx, ede, loop.key)
@@ -227,11 +231,12 @@ def _train_call(
         progress.metrics_start = step
     progress.metrics = m if progress.metrics is None else loop.merge_metrics(progress.metrics, m)
     progress.step = step + n_steps
-    if not progress.compiled:  # the first call compiles: throughput is timed from its end
+    if compiles:
         jax.block_until_ready(state.step)
-        progress.compiled = True
         progress.clock.start(progress.step)
-        progress.log_time, progress.log_step = time.time(), progress.step
+        if not progress.compiled_sizes:  # the progress line's rate, too, counts from the first call's end
+            progress.log_time, progress.log_step = time.time(), progress.step
+        progress.compiled_sizes.add(n_steps)
     if itstime(step, progress.step, loop.config.log_every_steps, plan.total_steps):
         _log_train(loop, progress, ede)
     return state, m
@@ -494,6 +499,7 @@ def _summary(loop: Loop, progress: Progress, preempted: bool, validation_example
         "best_val_accuracy": progress.best_val,
         "final_val_accuracy": progress.last_val,
         "train_images_per_second": progress.clock.images_per_second(loop.config.batch_size),
+        "train_timed_steps": progress.clock.steps,  # the steps that rate covers (not compiling calls)
         "device_count": loop.mesh.size,
         "backend": jax.default_backend(),
     }

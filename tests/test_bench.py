@@ -80,6 +80,7 @@ def test_bench_steps_per_call_rows_and_the_loop_rate(tmp_path, tfds_dir):
     assert rows[1]["unroll_steps"] is True  # "auto" on CPU
     # The training loop itself ran 9 steps per row (calls of 1, and of 3) on real MNIST.
     assert all(row["loop_steps"] == 9 and row["loop_train_images_per_second"] > 0 for row in rows)
+    assert [row["loop_timed_steps"] for row in rows] == [8, 6]  # the first call (1, 3 steps) compiles: not timed
     assert "loop img/s" in r.stdout
     bad = run_bench("--steps_per_call=0", timeout=300)
     assert bad.returncode != 0 and "--steps_per_call=[0] must be positive" in bad.stderr

@@ -162,6 +162,9 @@ def test_resume_equals_uninterrupted_run(tfds_dir, tmp_path):
     trainer.train_and_evaluate(tiny_config(tfds_dir, num_train_steps=20), split)
     s2 = trainer.train_and_evaluate(tiny_config(tfds_dir, resume_dir=split), split)
     assert s1["steps"] == s2["steps"] == 32
+    # Throughput leaves out the calls that compile: the first of each size (1 | 5, the tail 1, the run's
+    # end 4 | 3).
+    assert (s1["train_timed_steps"], s2["train_timed_steps"]) == (31, 9)
     assert_same_state(final_state(tiny_config(tfds_dir), straight), final_state(tiny_config(tfds_dir), split))
     assert s1["final_test_accuracy"] == s2["final_test_accuracy"]
 
@@ -258,6 +261,9 @@ def test_steps_per_call_run_matches_single_step_run_and_resumes(tfds_dir, tmp_pa
     assert ckpt.find_step(multi, "latest") == 20
     s2 = trainer.train_and_evaluate(tiny_config(tfds_dir, steps_per_call=3, resume_dir=multi), multi)
     assert s1["steps"] == s2["steps"] == 32
+    # Throughput leaves out the calls that compile: the first of each size (1 | 5, the tail 1, the run's
+    # end 4 | 3).
+    assert (s1["train_timed_steps"], s2["train_timed_steps"]) == (31, 9)
     config = tiny_config(tfds_dir)
     assert max_abs_diff(final_state(config, straight).params, final_state(config, multi).params) < 1e-3
     assert s2["final_test_accuracy"] == pytest.approx(s1["final_test_accuracy"], abs=0.01)
