@@ -9,7 +9,7 @@ The fields decided here never change what a run computes (they are ``checkpointi
 - ``fusion_barriers``: store the ResNets' residual stream once per block (and the compiler option
   that keeps those barriers);
 - ``int8_binary_convs``: a 1w1a conv's forward products in int8 (``sign_conv``; "auto" = on CPU, for
-  convs with at least ``CPU_INT8_MIN_CHANNELS`` input channels).
+  convs with at least ``CPU_INT8_MIN_CHANNELS`` input channels, unless XLA's YNNPACK fusions are on).
 
 Why each default is what it is, with the measurements, is in BENCHMARKS.md.
 """
@@ -36,6 +36,9 @@ MAX_CPU_DEVICES = 512
 # int8_binary_convs="auto" on CPU: XLA:CPU's int8 conv is about 2x its float32 conv from 32 input
 # channels up, and several times slower at 16 (BENCHMARKS.md).
 CPU_INT8_MIN_CHANNELS = 32
+# Under XLA:CPU's YNNPACK fusions its int8 conv takes a slow path (~40x its float32 conv with
+# "=reduce", BENCHMARKS.md): "auto" leaves the int8 products off when $XLA_FLAGS sets this flag.
+YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 
 def on_or_auto_on_cpu(config: ml_collections.ConfigDict, field: str) -> bool:
@@ -52,15 +55,21 @@ def use_fusion_barriers(config: ml_collections.ConfigDict) -> bool:
     return on_or_auto_on_cpu(config, "fusion_barriers")
 
 
+def ynn_fusions_requested() -> bool:
+    """Whether ``$XLA_FLAGS`` (the environment's and the config's, once applied) sets ``YNN_FUSION_FLAG``."""
+    return YNN_FUSION_FLAG in xla_flag_names(os.environ.get("XLA_FLAGS", ""))
+
+
 def int8_conv_min_channels(config: ml_collections.ConfigDict) -> int:
     """``models.Quantization.int8_conv_min_channels`` of ``int8_binary_convs``: "on" every 1w1a conv
-    (1), "off" none (0), "auto" those with ``CPU_INT8_MIN_CHANNELS`` input channels or more on CPU (a
-    config written before the field: "off")."""
+    (1), "off" none (0), "auto" those with ``CPU_INT8_MIN_CHANNELS`` input channels or more on CPU
+    unless ``ynn_fusions_requested()`` (a config written before the field: "off")."""
     if "int8_binary_convs" not in config:
         return 0
     if config.int8_binary_convs == "on":
         return 1
-    return CPU_INT8_MIN_CHANNELS if on_or_auto_on_cpu(config, "int8_binary_convs") else 0
+    auto_on = on_or_auto_on_cpu(config, "int8_binary_convs") and not ynn_fusions_requested()
+    return CPU_INT8_MIN_CHANNELS if auto_on else 0
 
 
 def use_unrolled_steps(config: ml_collections.ConfigDict) -> bool:
@@ -173,6 +182,11 @@ def configure_runtime(config: ml_collections.ConfigDict) -> list[str]:
         warnings.append(
             f"xla_flags={config.xla_flags!r} not applied: JAX had already started (set them "
             f"before JAX runs anything, e.g. via train.py, or in $XLA_FLAGS)"
+        )
+    if config.get("int8_binary_convs") == "on" and ynn_fusions_requested():
+        warnings.append(
+            f"int8_binary_convs='on' with {YNN_FUSION_FLAG} in $XLA_FLAGS: XLA:CPU's int8 convolutions "
+            f"are then many times slower than float32 ('auto' leaves them off)"
         )
     if not configure_cpu_devices(config.cpu_devices) and jax.default_backend() == "cpu":
         warnings.append(

@@ -150,6 +150,7 @@ def test_xla_flag_helpers_and_auto_values(monkeypatch):
     from configs import default
     from irnet_jax import runtime
 
+    jax.devices()  # start the backend first: XLA would stop this process on the made-up flags below
     assert runtime.xla_flag_names("--a=1 --b --a=2") == {"--a": "--a=2", "--b": "--b"}
     config = default.get_config()
     config.cpu_devices = 0  # JAX's own count: nothing to warn about besides the XLA flags
@@ -163,6 +164,18 @@ def test_xla_flag_helpers_and_auto_values(monkeypatch):
     assert runtime.configure_runtime(config) == []  # "auto": a default, no warning when it cannot apply
     config.xla_flags = "--y=2"
     assert any("not applied: JAX had already started" in w for w in runtime.configure_runtime(config))
+    # int8 products: "auto" on CPU, but not under YNNPACK fusions (there XLA:CPU's int8 conv is slow);
+    # "on" there is kept, with a warning.
+    config.xla_flags = "auto"
+    assert runtime.int8_conv_min_channels(config) == runtime.CPU_INT8_MIN_CHANNELS
+    monkeypatch.setenv("XLA_FLAGS", "--x=1 --xla_cpu_experimental_ynn_fusion_type=reduce")
+    assert runtime.int8_conv_min_channels(config) == 0 and runtime.configure_runtime(config) == []
+    config.int8_binary_convs = "on"
+    assert runtime.int8_conv_min_channels(config) == 1
+    assert [w for w in runtime.configure_runtime(config) if "int8" in w] == [
+        "int8_binary_convs='on' with --xla_cpu_experimental_ynn_fusion_type in $XLA_FLAGS: XLA:CPU's int8 "
+        "convolutions are then many times slower than float32 ('auto' leaves them off)"
+    ]
     config.steps_per_call = -1
     expected = {"cpu": runtime.CPU_STEPS_PER_CALL, "gpu": runtime.GPU_STEPS_PER_CALL, "tpu": 1}
     for backend, steps in expected.items():
