@@ -178,17 +178,16 @@ def check_compatible(saved: Mapping[str, Any], config: ml_collections.ConfigDict
         )
 
 
-def open_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-    """A CheckpointManager keeping the latest ``keep`` steps and the best by ``val_accuracy``."""
-    policy = pp.AnyPreservationPolicy(
-        [
-            pp.LatestN(n=max(keep, 1)),
-            pp.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1, keep_checkpoints_without_metrics=False),
-        ]
-    )
+def open_manager(
+    workdir: str, keep: int = 3, read_only: bool = False, track_best: bool = True
+) -> ocp.CheckpointManager:
+    """A CheckpointManager keeping the latest ``keep`` steps and (``track_best``: a run with a
+    validation split) the best by ``val_accuracy``."""
+    latest = pp.LatestN(n=max(keep, 1))
+    best = pp.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1, keep_checkpoints_without_metrics=False)
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy,
-        best_fn=lambda m: m["val_accuracy"],
+        preservation_policy=pp.AnyPreservationPolicy([latest, best] if track_best else [latest]),
+        best_fn=(lambda m: m["val_accuracy"]) if track_best else None,
         best_mode="max",
         read_only=read_only,
         create=not read_only,

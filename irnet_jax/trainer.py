@@ -484,7 +484,7 @@ def _make_loop(config, mesh, plan, setup, state, splits, workdir, log_lines) -> 
         key=jax.random.key(config.seed),
         workdir=workdir,
         writer=_open_writer(config, workdir, mesh, splits, log_lines),
-        manager=ckpt.open_manager(workdir, config.keep_checkpoints),
+        manager=ckpt.open_manager(workdir, config.keep_checkpoints, track_best=len(splits["validation"].labels) > 0),
     )
 
 

@@ -2,6 +2,7 @@
 evaluate-only, and bad inputs that must fail clearly without removing anything on disk."""
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -125,11 +126,13 @@ def test_curves_of_a_workdir_and_a_run_without_matplotlib(smoke_run, tmp_path, m
     assert not (tmp_path / "w" / "curves.png").exists()
 
 
-def test_no_validation_split_trains_on_everything_and_keeps_the_last_checkpoint(tfds_dir, tmp_path):
+def test_no_validation_split_trains_on_everything_and_keeps_the_last_checkpoint(tfds_dir, tmp_path, caplog):
     full = trainer.load_splits(tiny_config(tfds_dir, validation_size=0, train_size=-1))
     assert len(full["train"].labels) == 60000 and len(full["validation"].labels) == 0
     workdir = str(tmp_path / "w")
-    summary = trainer.train_and_evaluate(tiny_config(tfds_dir, validation_size=0), workdir)
+    with caplog.at_level(logging.WARNING):
+        summary = trainer.train_and_evaluate(tiny_config(tfds_dir, validation_size=0), workdir)
+    assert not [r for r in caplog.records if "tracked_metric" in r.getMessage()]  # no best-metric warning per save
     assert summary["validation_examples"] == 0 and summary["steps"] == 32
     assert summary["best_val_accuracy"] is None and summary["final_val_accuracy"] is None
     assert summary["best_checkpoint_step"] == 32
