@@ -165,9 +165,6 @@ def test_resume_equals_uninterrupted_run(tfds_dir, tmp_path):
     trainer.train_and_evaluate(tiny_config(tfds_dir, num_train_steps=20), split)
     s2 = trainer.train_and_evaluate(tiny_config(tfds_dir, resume_dir=split), split)
     assert s1["steps"] == s2["steps"] == 32
-    # Throughput leaves out the calls that compile: the first of each size (1 | 5, the tail 1, the run's
-    # end 4 | 3).
-    assert (s1["train_timed_steps"], s2["train_timed_steps"]) == (31, 9)
     assert_same_state(final_state(tiny_config(tfds_dir), straight), final_state(tiny_config(tfds_dir), split))
     assert s1["final_test_accuracy"] == s2["final_test_accuracy"]
 
