@@ -249,9 +249,12 @@ def _log_train(loop: Loop, progress: Progress, ede) -> None:
     progress.metrics = None
     _stop_if_diverged(loop, values["loss"], progress.metrics_start, step)
     now = time.time()
-    rate = (step - progress.log_step) / max(now - progress.log_time, 1e-9)
+    # No rate yet when every step since the last line was in the (untimed) first, compiling call.
+    timed = step - progress.log_step
+    rate = timed / max(now - progress.log_time, 1e-9) if timed > 0 else None
     progress.log_time, progress.log_step = now, step
     lr, t_w, k_w = float(loop.learning_rate(step - 1)), float(ede.t_w[-1]), float(ede.k_w[-1])
+    speed = {} if rate is None else {"steps_per_second": rate, "images_per_second": rate * config.batch_size}
     loop.writer.write(
         step,
         {
@@ -260,17 +263,18 @@ def _log_train(loop: Loop, progress: Progress, ede) -> None:
             "learning_rate": lr,
             "ede_t": t_w,
             "ede_k": k_w,
-            "steps_per_second": rate,
-            "images_per_second": rate * config.batch_size,
+            **speed,
             "epoch": step / plan.steps_per_epoch,
         },
     )
-    eta = (plan.total_steps - step) / max(rate, 1e-9)
+    speed_text = "(first call: no rate yet)"
+    if rate is not None:
+        eta = (plan.total_steps - step) / rate
+        speed_text = f"{rate:6.2f} steps/s  {rate * config.batch_size:8.1f} img/s  ETA {_hms(eta)}"
     loop.writer.log(
         f"epoch {step / plan.steps_per_epoch:7.2f}  step {step:7d}/{plan.total_steps}  "
         f"loss {values['loss']:.4f}  acc {values['accuracy']:.4f}  lr {lr:.3e}  "
-        f"t {t_w:.3e}  k {k_w:.3e}  {rate:6.2f} steps/s  "
-        f"{rate * config.batch_size:8.1f} img/s  ETA {_hms(eta)}"
+        f"t {t_w:.3e}  k {k_w:.3e}  {speed_text}"
     )
 
 

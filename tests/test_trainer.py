@@ -165,6 +165,10 @@ def test_resume_equals_uninterrupted_run(tfds_dir, tmp_path):
     trainer.train_and_evaluate(tiny_config(tfds_dir, num_train_steps=20), split)
     s2 = trainer.train_and_evaluate(tiny_config(tfds_dir, resume_dir=split), split)
     assert s1["steps"] == s2["steps"] == 32
+    # The resumed run logs step 24 right after its first (compiling, untimed) call: no rate, no 0 img/s.
+    assert "(first call: no rate yet)" in open(os.path.join(split, "train.log")).read()
+    lines = [json.loads(l) for l in open(os.path.join(split, "metrics.jsonl"))]
+    assert all(line.get("images_per_second", 1) > 0 for line in lines)
     assert_same_state(final_state(tiny_config(tfds_dir), straight), final_state(tiny_config(tfds_dir), split))
     assert s1["final_test_accuracy"] == s2["final_test_accuracy"]
 
