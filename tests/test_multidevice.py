@@ -159,7 +159,6 @@ def test_xla_flag_helpers_and_auto_values(monkeypatch):
     assert runtime.xla_flags_overridden("--xla_gpu_enable_command_buffer=+CONVOLUTION --x=1 --y=2") == [
         ("--xla_gpu_enable_command_buffer=+CONVOLUTION", "--xla_gpu_enable_command_buffer=")
     ]
-    jax.devices()
     assert runtime.configure_xla_flags("--x=1")  # already in effect: nothing to add, even after JAX started
     assert runtime.configure_runtime(config) == []  # "auto": a default, no warning when it cannot apply
     config.xla_flags = "--y=2"
