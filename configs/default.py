@@ -78,6 +78,11 @@ def get_config() -> ml_collections.ConfigDict:
     # float32). "auto" = on CPU, for convs with >= 32 input channels (XLA:CPU's int8 conv is about 2x its
     # float32 one there, slower at 16); "on" = every 1w1a conv, any backend; "off" = float.
     config.int8_binary_convs = "auto"
+    # XLA:CPU's YNNPACK library fusions in the train step: "reduce" = for reductions only (XLA's own
+    # convolution kernels, faster for training on the Intel and AMD VMs measured), "default" = XLA's
+    # choice, "auto" = "reduce" on CPU unless $XLA_FLAGS sets --xla_cpu_experimental_ynn_fusion_type.
+    # A compile option of the train step alone: evaluation keeps XLA's default (and the int8 products).
+    config.train_ynn_fusions = "auto"
     # CPU only: split the CPU into this many JAX devices (data parallel, one batch shard each) so that
     # XLA's single-threaded kernels of different shards run on different cores; 0 = JAX's default
     # (1 device). Applied before JAX starts (train.py and the benchmark do it).

@@ -124,7 +124,7 @@ def synthetic_run(
         eval_mask=mesh_lib.put_batch(np.ones(eval_batch_size, np.float32), mesh),
         state=state,
         train_steps=make_multi_step(graphdef, tx, config, mesh),
-        eval_step=make_eval_step(eval_graphdef(graphdef, state), config, mesh),
+        eval_step=make_eval_step(eval_graphdef(config), config, mesh),
     )
 
 
@@ -208,7 +208,9 @@ def benchmark_row(
         "eval_batch_size": eval_batch_size,
         "steps_per_call": steps_per_call,
         "unroll_steps": runtime.use_unrolled_steps(config),
-        "int8_conv_min_channels": runtime.int8_conv_min_channels(config),
+        "int8_conv_min_channels": runtime.int8_conv_min_channels(config, "eval"),
+        "train_int8_conv_min_channels": runtime.int8_conv_min_channels(config, "train"),
+        "train_ynn_reduce_only": runtime.train_reduce_fusions_only(config),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "train_images_per_second": batch_size / train_s,
         "eval_images_per_second": eval_batch_size / eval_s,

@@ -44,6 +44,7 @@ OPERATIONAL_FIELDS = frozenset(
         "num_train_steps",
         "fusion_barriers",
         "int8_binary_convs",
+        "train_ynn_fusions",
         "cpu_devices",
         "steps_per_call",
         "unroll_steps",

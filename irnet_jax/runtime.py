@@ -9,7 +9,12 @@ The fields decided here never change what a run computes (they are ``checkpointi
 - ``fusion_barriers``: store the ResNets' residual stream once per block (and the compiler option
   that keeps those barriers);
 - ``int8_binary_convs``: a 1w1a conv's forward products in int8 (``sign_conv``; "auto" = on CPU, for
-  convs with at least ``CPU_INT8_MIN_CHANNELS`` input channels, unless XLA's YNNPACK fusions are on).
+  convs with at least ``CPU_INT8_MIN_CHANNELS`` input channels, in every step that keeps XLA's
+  default YNNPACK fusions);
+- ``train_ynn_fusions``: which XLA:CPU YNNPACK library fusions the train step is compiled with
+  ("reduce": reductions only, the convolutions on XLA's own kernels; "default": XLA's choice; "auto" =
+  "reduce" on CPU unless ``$XLA_FLAGS`` sets ``YNN_FUSION_FLAG``). A per-compilation option, so the
+  evaluation step keeps XLA's default fusions (and the int8 products, which need them).
 
 Why each default is what it is, with the measurements, is in BENCHMARKS.md.
 """
@@ -39,6 +44,10 @@ CPU_INT8_MIN_CHANNELS = 32
 # Under XLA:CPU's YNNPACK fusions its int8 conv takes a slow path (~40x its float32 conv with
 # "=reduce", BENCHMARKS.md): "auto" leaves the int8 products off when $XLA_FLAGS sets this flag.
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+# train_ynn_fusions="reduce": the same setting as YNN_FUSION_FLAG=reduce, as a compile option of one jit.
+TRAIN_YNN_FUSIONS = ("auto", "reduce", "default")
+YNN_REDUCE_ONLY = {YNN_FUSION_FLAG.removeprefix("--"): "LIBRARY_FUSION_TYPE_REDUCE"}
+STEPS = ("train", "eval")
 
 
 def on_or_auto_on_cpu(config: ml_collections.ConfigDict, field: str) -> bool:
@@ -60,15 +69,32 @@ def ynn_fusions_requested() -> bool:
     return YNN_FUSION_FLAG in xla_flag_names(os.environ.get("XLA_FLAGS", ""))
 
 
-def int8_conv_min_channels(config: ml_collections.ConfigDict) -> int:
-    """``models.Quantization.int8_conv_min_channels`` of ``int8_binary_convs``: "on" every 1w1a conv
-    (1), "off" none (0), "auto" those with ``CPU_INT8_MIN_CHANNELS`` input channels or more on CPU
-    unless ``ynn_fusions_requested()`` (a config written before the field: "off")."""
+def train_reduce_fusions_only(config: ml_collections.ConfigDict) -> bool:
+    """Whether the train step is compiled with YNNPACK fusions for reductions only (``train_ynn_fusions``:
+    "reduce", or "auto" on the CPU backend when ``$XLA_FLAGS`` does not choose them itself; a config
+    written before the field: "default")."""
+    value = config.get("train_ynn_fusions", "default")
+    if value not in TRAIN_YNN_FUSIONS:
+        raise ValueError(f"train_ynn_fusions must be one of {list(TRAIN_YNN_FUSIONS)}, got {value!r}")
+    if value == "auto":
+        return jax.default_backend() == "cpu" and not ynn_fusions_requested()
+    return value == "reduce"
+
+
+def int8_conv_min_channels(config: ml_collections.ConfigDict, step: str = "eval") -> int:
+    """``models.Quantization.int8_conv_min_channels`` of ``int8_binary_convs`` for the model of the
+    train or eval ``step``: "on" every 1w1a conv (1), "off" none (0), "auto" those with
+    ``CPU_INT8_MIN_CHANNELS`` input channels or more on CPU, unless that step's YNNPACK fusions are not
+    XLA's default (``ynn_fusions_requested()``, or the train step under ``train_reduce_fusions_only``),
+    where XLA's int8 conv is many times slower (a config written before the field: "off")."""
+    if step not in STEPS:
+        raise ValueError(f"step must be one of {list(STEPS)}, got {step!r}")
     if "int8_binary_convs" not in config:
         return 0
     if config.int8_binary_convs == "on":
         return 1
-    auto_on = on_or_auto_on_cpu(config, "int8_binary_convs") and not ynn_fusions_requested()
+    fusions_changed = ynn_fusions_requested() or (step == "train" and train_reduce_fusions_only(config))
+    auto_on = on_or_auto_on_cpu(config, "int8_binary_convs") and not fusions_changed
     return CPU_INT8_MIN_CHANNELS if auto_on else 0
 
 
@@ -89,9 +115,15 @@ def steps_per_call(config: ml_collections.ConfigDict) -> int:
     return config.steps_per_call
 
 
-def compiler_options(config: ml_collections.ConfigDict) -> dict[str, str] | None:
-    """XLA options for the train/eval steps: keep the models' optimization barriers when they are used."""
-    return {"xla_disable_hlo_passes": "cse_barrier_expander"} if use_fusion_barriers(config) else None
+def compiler_options(config: ml_collections.ConfigDict, step: str = "eval") -> dict[str, str] | None:
+    """XLA options for the train or eval ``step``: keep the models' optimization barriers when they are
+    used; the train step's YNNPACK fusions for reductions only under ``train_reduce_fusions_only``."""
+    if step not in STEPS:
+        raise ValueError(f"step must be one of {list(STEPS)}, got {step!r}")
+    options = {"xla_disable_hlo_passes": "cse_barrier_expander"} if use_fusion_barriers(config) else {}
+    if step == "train" and train_reduce_fusions_only(config):
+        options.update(YNN_REDUCE_ONLY)
+    return options or None
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -99,6 +131,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     use_fusion_barriers(config)
     use_unrolled_steps(config)
     steps_per_call(config)
+    train_reduce_fusions_only(config)
 
 
 # ------------------------------------------------------------------------ before JAX starts
@@ -187,6 +220,11 @@ def configure_runtime(config: ml_collections.ConfigDict) -> list[str]:
         warnings.append(
             f"int8_binary_convs='on' with {YNN_FUSION_FLAG} in $XLA_FLAGS: XLA:CPU's int8 convolutions "
             f"are then many times slower than float32 ('auto' leaves them off)"
+        )
+    elif config.get("int8_binary_convs") == "on" and config.get("train_ynn_fusions") == "reduce":
+        warnings.append(
+            "int8_binary_convs='on' with train_ynn_fusions='reduce': XLA:CPU's int8 convolutions are then "
+            "many times slower than float32 in the train step ('auto' leaves them off there)"
         )
     if not configure_cpu_devices(config.cpu_devices) and jax.default_backend() == "cpu":
         warnings.append(

@@ -93,7 +93,7 @@ def _jit_step(fn: Callable, config: ml_collections.ConfigDict, mesh: Mesh, batch
         in_shardings=(rep, rep, rep, NamedSharding(mesh, batch_spec), rep, rep),
         out_shardings=(rep, rep),
         donate_argnums=(0,),
-        compiler_options=runtime.compiler_options(config),
+        compiler_options=runtime.compiler_options(config, "train"),
     )
 
 
@@ -185,7 +185,7 @@ def make_eval_step(graphdef_eval: nnx.GraphDef, config: ml_collections.ConfigDic
         eval_step,
         in_shardings=(rep,) * 5 + (batch_sharding,) * 2,
         out_shardings=rep,
-        compiler_options=runtime.compiler_options(config),
+        compiler_options=runtime.compiler_options(config, "eval"),
     )
     return EvalStep(run, integers)
 

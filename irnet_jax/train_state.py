@@ -76,8 +76,10 @@ def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]
     return h, w, encoding.encoded_channels(c, config.input_encoding, config.encoding_levels)
 
 
-def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
-    """The configured model for the configured dataset (errors list valid model/dataset names)."""
+def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs, step: str = "train") -> nnx.Module:
+    """The configured model for the configured dataset (errors list valid model/dataset names), as the
+    train or eval ``step`` runs it (they may differ in ``int8_conv_min_channels`` only: the same
+    parameters and numbers)."""
     info = data_lib.get_dataset_info(config.dataset)
     options = {name: config[name] for name in QUANTIZATION_FIELDS}
     if normalizes_itself(config):
@@ -89,7 +91,7 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module
         rngs=rngs,
         dtype=compute_dtype(config),
         materialize_residuals=runtime.use_fusion_barriers(config),
-        int8_conv_min_channels=runtime.int8_conv_min_channels(config),
+        int8_conv_min_channels=runtime.int8_conv_min_channels(config, step),
         **options,
         **config.model_kwargs.to_dict(),
     )
@@ -157,7 +159,8 @@ def load_model(workdir: str, which: str = "best") -> tuple[nnx.Module, ml_collec
     return model, config, int(state.step)
 
 
-def eval_graphdef(graphdef: nnx.GraphDef, state: TrainState) -> nnx.GraphDef:
-    """The model's graph in evaluation mode (BatchNorm running statistics)."""
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
+def eval_graphdef(config: ml_collections.ConfigDict) -> nnx.GraphDef:
+    """The graph of the eval step's model (``build_model(config, step="eval")``) in evaluation mode
+    (BatchNorm running statistics); it takes the train state's ``params`` and ``batch_stats``."""
+    model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(params=config.seed), step="eval"))
     return nnx.graphdef(nnx.view(model, use_running_average=True))

@@ -480,7 +480,7 @@ def _make_loop(config, mesh, plan, setup, state, splits, workdir, log_lines) -> 
         mesh=mesh,
         plan=plan,
         train_steps=make_multi_step(setup.graphdef, setup.tx, config, mesh),
-        eval_step=make_eval_step(eval_graphdef(setup.graphdef, state), config, mesh),
+        eval_step=make_eval_step(eval_graphdef(config), config, mesh),
         learning_rate=setup.learning_rate,
         train=mesh_lib.put_split(splits["train"], mesh),
         validation=mesh_lib.put_split(splits["validation"], mesh),
@@ -550,7 +550,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, source: str) -> dict[
     splits = load_splits(config)
     setup = create_train_state(config)
     state, meta = restore_train_state(config, source, config.eval_checkpoint, setup.state, mesh)
-    eval_step = make_eval_step(eval_graphdef(setup.graphdef, state), config, mesh)
+    eval_step = make_eval_step(eval_graphdef(config), config, mesh)
     validation = mesh_lib.put_split(splits["validation"], mesh)
     no_val = {"accuracy": None, "loss": None}
     val = evaluate(eval_step, state, validation, config.eval_batch_size, mesh) if has_examples(validation) else no_val

@@ -25,6 +25,8 @@ FIELDS = {
     "steps_per_call",
     "unroll_steps",
     "int8_conv_min_channels",
+    "train_int8_conv_min_channels",
+    "train_ynn_reduce_only",
     "xla_flags",
 }
 
