@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -175,6 +177,30 @@ def test_xla_flag_helpers_and_auto_values(monkeypatch):
         "int8_binary_convs='on' with --xla_cpu_experimental_ynn_fusion_type in $XLA_FLAGS: XLA:CPU's int8 "
         "convolutions are then many times slower than float32 ('auto' leaves them off)"
     ]
+    # The train step's YNNPACK fusions: "auto" = reductions only on CPU (a compile option of that step
+    # alone, without int8 products there), unless $XLA_FLAGS chooses the fusions itself.
+    config.int8_binary_convs = "auto"
+    assert not runtime.train_reduce_fusions_only(config)  # $XLA_FLAGS sets them (above)
+    assert runtime.compiler_options(config, "train") == runtime.compiler_options(config, "eval")
+    monkeypatch.setenv("XLA_FLAGS", "--x=1")
+    assert runtime.train_reduce_fusions_only(config)
+    barriers = {"xla_disable_hlo_passes": "cse_barrier_expander"}
+    assert runtime.compiler_options(config, "train") == {**barriers, **runtime.YNN_REDUCE_ONLY}
+    assert runtime.compiler_options(config, "eval") == barriers
+    assert runtime.YNN_REDUCE_ONLY == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+    assert runtime.int8_conv_min_channels(config, "train") == 0
+    assert runtime.int8_conv_min_channels(config, "eval") == runtime.CPU_INT8_MIN_CHANNELS
+    config.train_ynn_fusions = "default"
+    assert runtime.compiler_options(config, "train") == barriers
+    assert runtime.int8_conv_min_channels(config, "train") == runtime.CPU_INT8_MIN_CHANNELS
+    config.train_ynn_fusions, config.int8_binary_convs = "reduce", "on"
+    assert runtime.int8_conv_min_channels(config, "train") == 1
+    assert [w for w in runtime.configure_runtime(config) if "int8" in w] == [
+        "int8_binary_convs='on' with train_ynn_fusions='reduce': XLA:CPU's int8 convolutions are then many "
+        "times slower than float32 in the train step ('auto' leaves them off there)"
+    ]
+    with pytest.raises(ValueError, match=r"step must be one of \['train', 'eval'\], got 'test'"):
+        runtime.compiler_options(config, "test")
     config.steps_per_call = -1
     expected = {"cpu": runtime.CPU_STEPS_PER_CALL, "gpu": runtime.GPU_STEPS_PER_CALL, "tpu": 1}
     for backend, steps in expected.items():

@@ -276,6 +276,26 @@ def test_steps_per_call_run_matches_single_step_run_and_resumes(tfds_dir, tmp_pa
     assert logged == [10, 16, 20, 26, 32], logged
 
 
+def test_train_and_eval_steps_models_differ_only_in_int8_products(tfds_dir):
+    """On CPU the train step runs YNNPACK fusions for reductions only and float products; the eval
+    step's model (``eval_graphdef``) multiplies in int8 where ``int8_binary_convs`` says so, on the same
+    parameters, with the train graph's eval logits bit for bit."""
+    from flax import nnx
+
+    from irnet_jax.train_state import eval_graphdef
+
+    config = tiny_config(tfds_dir)  # the MNIST net: 1w1a convs of 32 and 64 input channels
+    setup = create_train_state(config)
+    int8_convs = lambda model: [m.in_features for _, m in nnx.iter_modules(model) if getattr(m, "int8_products", 0)]
+    train_model = nnx.merge(setup.graphdef, setup.state.params, setup.state.batch_stats)
+    eval_model = nnx.merge(eval_graphdef(config), setup.state.params, setup.state.batch_stats)
+    assert int8_convs(train_model) == [] and int8_convs(eval_model) == [32, 64]
+    assert eval_model.bns[0].use_running_average and not train_model.bns[0].use_running_average
+    train_model.eval()
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+    np.testing.assert_array_equal(np.asarray(train_model(x)), np.asarray(eval_model(x)))
+
+
 def test_train_step_does_not_recompile_when_lr_and_ede_change(tfds_dir):
     config = tiny_config(tfds_dir)
     mesh = mesh_lib.make_mesh()
@@ -331,6 +351,11 @@ def test_unknown_config_field_is_rejected(tmp_path):
         ("unroll_steps", "yes", r"unroll_steps must be one of \['auto', 'on', 'off'\], got 'yes'"),
         ("fusion_barriers", "always", r"fusion_barriers must be one of \['auto', 'on', 'off'\], got 'always'"),
         ("int8_binary_convs", "int4", r"int8_binary_convs must be one of \['auto', 'on', 'off'\], got 'int4'"),
+        (
+            "train_ynn_fusions",
+            "all",
+            r"train_ynn_fusions must be one of \['auto', 'reduce', 'default'\], got 'all'",
+        ),
     ],
 )
 def test_unknown_names_list_valid_ones(tfds_dir, tmp_path, field, value, message):
