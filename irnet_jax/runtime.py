@@ -221,10 +221,11 @@ def configure_runtime(config: ml_collections.ConfigDict) -> list[str]:
             f"int8_binary_convs='on' with {YNN_FUSION_FLAG} in $XLA_FLAGS: XLA:CPU's int8 convolutions "
             f"are then many times slower than float32 ('auto' leaves them off)"
         )
-    elif config.get("int8_binary_convs") == "on" and config.get("train_ynn_fusions") == "reduce":
+    elif config.get("int8_binary_convs") == "on" and config.get("train_ynn_fusions") in ("auto", "reduce"):
         warnings.append(
-            "int8_binary_convs='on' with train_ynn_fusions='reduce': XLA:CPU's int8 convolutions are then "
-            "many times slower than float32 in the train step ('auto' leaves them off there)"
+            f"int8_binary_convs='on' with train_ynn_fusions={config.train_ynn_fusions!r}: on CPU, XLA's int8 "
+            f"convolutions are then many times slower than float32 in the train step ('auto' leaves them "
+            f"off there; train_ynn_fusions='default' keeps XLA's fusions)"
         )
     if not configure_cpu_devices(config.cpu_devices) and jax.default_backend() == "cpu":
         warnings.append(

@@ -196,9 +196,12 @@ def test_xla_flag_helpers_and_auto_values(monkeypatch):
     config.train_ynn_fusions, config.int8_binary_convs = "reduce", "on"
     assert runtime.int8_conv_min_channels(config, "train") == 1
     assert [w for w in runtime.configure_runtime(config) if "int8" in w] == [
-        "int8_binary_convs='on' with train_ynn_fusions='reduce': XLA:CPU's int8 convolutions are then many "
-        "times slower than float32 in the train step ('auto' leaves them off there)"
+        "int8_binary_convs='on' with train_ynn_fusions='reduce': on CPU, XLA's int8 convolutions are then "
+        "many times slower than float32 in the train step ('auto' leaves them off there; "
+        "train_ynn_fusions='default' keeps XLA's fusions)"
     ]
+    config.train_ynn_fusions = "default"
+    assert [w for w in runtime.configure_runtime(config) if "int8" in w] == []
     with pytest.raises(ValueError, match=r"step must be one of \['train', 'eval'\], got 'test'"):
         runtime.compiler_options(config, "test")
     config.steps_per_call = -1
