@@ -24,9 +24,12 @@ def test_two_device_step_equals_one_device_step(tfds_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     # Same global batch of 128 on 1 and on 2 devices: only the summation order of the cross-device
-    # reductions (gradient all-reduce, global BatchNorm statistics) differs. Per-device BatchNorm
-    # statistics or a missing gradient all-reduce would give differences of order 1e-2 and more.
-    assert out["max_abs_param_diff"] < 1e-5, out
+    # reductions (gradient all-reduce, global BatchNorm statistics) and of the convolution kernels
+    # differs. Per-device BatchNorm statistics or a missing gradient all-reduce would give differences
+    # of order 1e-2 and more. (XLA's own convolution kernels, the train step's since train_ynn_fusions:
+    # 3.3e-5 after these 3 steps, as much as between its 1-device step and YNNPACK's; with YNNPACK's
+    # kernels 6e-6.)
+    assert out["max_abs_param_diff"] < 1e-4, out
     for a, b in zip(out["losses_1"], out["losses_2"]):
         assert abs(a - b) < 1e-5, out
     assert out["batch_devices_2"] == 2 and out["state_specs_2"] == ["P()"]
