@@ -1,6 +1,7 @@
-"""One 3x3 conv of +-1 inputs and +-1 weights in float32, bfloat16 (float32 sums) and int8 (int32 sums):
-ms per call on this backend, and that all three give the same numbers. It measures where int8 products
-pay (``runtime.CPU_INT8_MIN_CHANNELS``).
+"""One 3x3 conv of +-1 inputs and +-1 weights in float32, bfloat16 (float32 sums), int8 (int32 sums) and
+by XNOR-popcount of packed sign bits (``sign_conv.popcount_sums``, the packing included): ms per call on
+this backend, and that all four give the same numbers. It measures which products pay
+(``runtime.CPU_BINARY_CONV_PRODUCTS``).
 
     PYTHONPATH=. python bench/int8_conv.py [--shapes 256x16x256,128x32x128,256x32x16] [--calls 5]
 
@@ -38,6 +39,7 @@ VARIANTS = {
     "float32": conv_in(jnp.float32, jnp.float32),
     "bfloat16": conv_in(jnp.bfloat16, jnp.float32),
     "int8": conv_in(jnp.int8, jnp.int32),
+    "popcount": jax.jit(lambda x, w: sign_conv.popcount_sums(x, w, 1, 1)),
 }
 
 

@@ -74,14 +74,15 @@ def get_config() -> ml_collections.ConfigDict:
     # default is what it is: BENCHMARKS.md). fusion_barriers: "auto" = on CPU, store the ResNets'
     # residual stream once per block (XLA:CPU otherwise recomputes earlier blocks in every fusion).
     config.fusion_barriers = "auto"
-    # A 1w1a conv's forward products in int8 with int32 sums (irnet_jax.sign_conv: the same numbers as
-    # float32). "auto" = on CPU, for convs with >= 32 input channels (XLA:CPU's int8 conv is about 2x its
-    # float32 one there, slower at 16); "on" = every 1w1a conv, any backend; "off" = float.
-    config.int8_binary_convs = "auto"
+    # How a 1w1a conv computes its forward sums (irnet_jax.sign_conv; the same numbers as float32):
+    # "popcount" (XNOR-popcount of sign bits packed 32 to a word), "int8" (int8 products, int32 sums),
+    # "float"; "auto" = "popcount" on CPU (several times faster than XLA:CPU's convolutions there), "float"
+    # elsewhere. The backward pass is the float convolution's in every case.
+    config.binary_conv_products = "auto"
     # XLA:CPU's YNNPACK library fusions in the train step: "reduce" = for reductions only (XLA's own
     # convolution kernels, faster for training on the Intel and AMD VMs measured), "default" = XLA's
     # choice, "auto" = "reduce" on CPU unless $XLA_FLAGS sets --xla_cpu_experimental_ynn_fusion_type.
-    # A compile option of the train step alone: evaluation keeps XLA's default (and the int8 products).
+    # A compile option of the train step alone: evaluation keeps XLA's default.
     config.train_ynn_fusions = "auto"
     # CPU only: split the CPU into this many JAX devices (data parallel, one batch shard each) so that
     # XLA's single-threaded kernels of different shards run on different cores; 0 = JAX's default

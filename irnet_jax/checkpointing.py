@@ -43,7 +43,7 @@ OPERATIONAL_FIELDS = frozenset(
         "eval_batch_size",
         "num_train_steps",
         "fusion_barriers",
-        "int8_binary_convs",
+        "binary_conv_products",
         "train_ynn_fusions",
         "cpu_devices",
         "steps_per_call",

@@ -232,8 +232,9 @@ class BinaryConv(_BinaryLayer):
     """2-D convolution with optional IR-Net binarization of weights and/or input activations.
 
     ``x: [B, H, W, C_in] -> [B, H', W', C_out]``; ``padding`` pixels per side filled as ``pad_value``.
-    ``int8_products`` (1w1a only): the forward conv multiplies in int8 (``sign_conv``; the same
-    numbers, a speed choice of the backend policy).
+    ``products`` (``sign_conv.PRODUCTS``; other than "float" for 1w1a only): how the forward conv
+    computes its sums, "int8" or "popcount" (XNOR-popcount of packed bits): the same numbers, a speed
+    choice of the backend policy.
     """
 
     kernel_reduce_axes = (0, 1, 2)
@@ -256,7 +257,7 @@ class BinaryConv(_BinaryLayer):
         activation_std_norm: bool = False,
         dtype: Dtype = jnp.float32,
         kernel_init: nnx.Initializer = nnx.initializers.kaiming_normal(),
-        int8_products: bool = False,
+        products: str = "float",
         rngs: nnx.Rngs,
     ):
         if pad_value not in PAD_VALUES:
@@ -276,16 +277,18 @@ class BinaryConv(_BinaryLayer):
         self.padding = kernel_size // 2 if padding is None else padding
         self.pad_value = pad_value
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
-        if int8_products and not self.is_binary:
-            raise ValueError("int8_products needs a 1w1a conv (binary weights and activations)")
-        self.int8_products = int8_products
+        if products not in sign_conv.PRODUCTS:
+            raise ValueError(f"unknown products {products!r}; valid: {list(sign_conv.PRODUCTS)}")
+        if products != "float" and not self.is_binary:
+            raise ValueError(f"products={products!r} needs a 1w1a conv (binary weights and activations)")
+        self.products = products
 
     def _check_input(self, x: Array) -> None:
         if x.ndim != 4 or x.shape[-1] != self.in_features:
             raise ValueError(f"{type(self).__name__} expects [B, H, W, {self.in_features}] input, got shape {x.shape}")
 
     def _conv(self, x: Array, w: Array, strides: int, pad: int) -> Array:
-        return (sign_conv.int8_sign_conv if self.int8_products else sign_conv.float_conv)(x, w, strides, pad)
+        return sign_conv.PRODUCTS[self.products](x, w, strides, pad)
 
     def _binary_conv(self, xq: Array, wq: Array) -> Array:
         """Pad ``xq`` as configured and convolve (zero padding is left to the convolution itself)."""

@@ -86,8 +86,8 @@ class Quantization:
     ``shift_conv`` (2-base activations), and IE-Net's ``weight_scale="learned"`` and
     ``activation_std_norm``. ``materialize_residuals`` stores the residual stream of the ResNets once
     per block (``layers.materialize``: an XLA:CPU speed-up, values unchanged). Likewise
-    ``int8_conv_min_channels = n > 0``: every 1w1a conv with at least ``n`` input channels multiplies in
-    int8 (``sign_conv``: the same numbers); 0: none.
+    ``binary_conv_products``: how every 1w1a conv computes its forward sums (``sign_conv.PRODUCTS``:
+    "float", "int8", "popcount"; the same numbers).
 
     ``residual_frac_bits = F > 0`` (Bi-Real ResNets only): the residual stream is int32 fixed point
     with ``F`` fractional bits (``fixed_stream``): computed in integers in eval mode, rounded to that
@@ -115,7 +115,7 @@ class Quantization:
     last_layer_output_scale: str = "learned"
     dtype: Any = jnp.float32
     materialize_residuals: bool = False
-    int8_conv_min_channels: int = 0
+    binary_conv_products: str = "float"
     residual_frac_bits: int = 0
     integer_first_layer: bool = False
     pixel_mean: tuple[float, ...] = ()
@@ -139,7 +139,7 @@ class Quantization:
         options = self._layer_options(on)
         if binary_input:
             options["pad_value"] = self.pad_value
-            options["int8_products"] = 0 < self.int8_conv_min_channels <= c_in
+            options["products"] = self.binary_conv_products
         if binary_input and self.shift_conv:
             return ShiftBinaryConv(
                 c_in,

@@ -8,13 +8,12 @@ The fields decided here never change what a run computes (they are ``checkpointi
 - ``steps_per_call`` / ``unroll_steps``: train steps per device call and whether that loop is unrolled;
 - ``fusion_barriers``: store the ResNets' residual stream once per block (and the compiler option
   that keeps those barriers);
-- ``int8_binary_convs``: a 1w1a conv's forward products in int8 (``sign_conv``; "auto" = on CPU, for
-  convs with at least ``CPU_INT8_MIN_CHANNELS`` input channels, in every step that keeps XLA's
-  default YNNPACK fusions);
+- ``binary_conv_products``: how a 1w1a conv computes its forward sums (``sign_conv.PRODUCTS``: "float",
+  "int8", "popcount"; "auto" = "popcount" on CPU, "float" elsewhere), in the train and eval steps;
 - ``train_ynn_fusions``: which XLA:CPU YNNPACK library fusions the train step is compiled with
   ("reduce": reductions only, the convolutions on XLA's own kernels; "default": XLA's choice; "auto" =
-  "reduce" on CPU unless ``$XLA_FLAGS`` sets ``YNN_FUSION_FLAG``). A per-compilation option, so the
-  evaluation step keeps XLA's default fusions (and the int8 products, which need them).
+  "reduce" on CPU unless ``$XLA_FLAGS`` sets ``YNN_FUSION_FLAG``). A per-compilation option: the
+  evaluation step keeps XLA's default fusions.
 
 Why each default is what it is, with the measurements, is in BENCHMARKS.md.
 """
@@ -26,6 +25,7 @@ import os
 import jax
 import ml_collections
 
+from irnet_jax import sign_conv
 from irnet_jax.errors import ConfigError
 
 AUTO_ON_OFF = ("auto", "on", "off")
@@ -38,11 +38,12 @@ GPU_STEPS_PER_CALL = 8
 # them out, so each convolution splits the graphs). A GPU-only flag: the other backends ignore it.
 AUTO_XLA_FLAGS = "--xla_gpu_enable_command_buffer=+CONVOLUTION"
 MAX_CPU_DEVICES = 512
-# int8_binary_convs="auto" on CPU: XLA:CPU's int8 conv is about 2x its float32 conv from 32 input
-# channels up, and several times slower at 16 (BENCHMARKS.md).
-CPU_INT8_MIN_CHANNELS = 32
-# Under XLA:CPU's YNNPACK fusions its int8 conv takes a slow path (~40x its float32 conv with
-# "=reduce", BENCHMARKS.md): "auto" leaves the int8 products off when $XLA_FLAGS sets this flag.
+# binary_conv_products="auto": XNOR-popcount on CPU, where it is several times faster than XLA:CPU's
+# float32 and int8 convolutions; the float convolution elsewhere (BENCHMARKS.md).
+BINARY_CONV_PRODUCTS = ("auto", *sign_conv.PRODUCTS)
+CPU_BINARY_CONV_PRODUCTS = "popcount"
+# Under XLA:CPU's YNNPACK fusions for reductions only its int8 conv takes a slow path (~40x its float32
+# conv, BENCHMARKS.md): binary_conv_products="int8" then gets a warning.
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # train_ynn_fusions="reduce": the same setting as YNN_FUSION_FLAG=reduce, as a compile option of one jit.
 TRAIN_YNN_FUSIONS = ("auto", "reduce", "default")
@@ -81,21 +82,16 @@ def train_reduce_fusions_only(config: ml_collections.ConfigDict) -> bool:
     return value == "reduce"
 
 
-def int8_conv_min_channels(config: ml_collections.ConfigDict, step: str = "eval") -> int:
-    """``models.Quantization.int8_conv_min_channels`` of ``int8_binary_convs`` for the model of the
-    train or eval ``step``: "on" every 1w1a conv (1), "off" none (0), "auto" those with
-    ``CPU_INT8_MIN_CHANNELS`` input channels or more on CPU, unless that step's YNNPACK fusions are not
-    XLA's default (``ynn_fusions_requested()``, or the train step under ``train_reduce_fusions_only``),
-    where XLA's int8 conv is many times slower (a config written before the field: "off")."""
-    if step not in STEPS:
-        raise ValueError(f"step must be one of {list(STEPS)}, got {step!r}")
-    if "int8_binary_convs" not in config:
-        return 0
-    if config.int8_binary_convs == "on":
-        return 1
-    fusions_changed = ynn_fusions_requested() or (step == "train" and train_reduce_fusions_only(config))
-    auto_on = on_or_auto_on_cpu(config, "int8_binary_convs") and not fusions_changed
-    return CPU_INT8_MIN_CHANNELS if auto_on else 0
+def binary_conv_products(config: ml_collections.ConfigDict) -> str:
+    """``models.Quantization.binary_conv_products`` of ``config.binary_conv_products``: the value, or
+    for "auto" ``CPU_BINARY_CONV_PRODUCTS`` on the CPU backend and "float" elsewhere (a config written
+    before the field: "float")."""
+    value = config.get("binary_conv_products", "float")
+    if value not in BINARY_CONV_PRODUCTS:
+        raise ValueError(f"binary_conv_products must be one of {list(BINARY_CONV_PRODUCTS)}, got {value!r}")
+    if value == "auto":
+        return CPU_BINARY_CONV_PRODUCTS if jax.default_backend() == "cpu" else "float"
+    return value
 
 
 def use_unrolled_steps(config: ml_collections.ConfigDict) -> bool:
@@ -132,6 +128,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     use_unrolled_steps(config)
     steps_per_call(config)
     train_reduce_fusions_only(config)
+    binary_conv_products(config)
 
 
 # ------------------------------------------------------------------------ before JAX starts
@@ -216,16 +213,12 @@ def configure_runtime(config: ml_collections.ConfigDict) -> list[str]:
             f"xla_flags={config.xla_flags!r} not applied: JAX had already started (set them "
             f"before JAX runs anything, e.g. via train.py, or in $XLA_FLAGS)"
         )
-    if config.get("int8_binary_convs") == "on" and ynn_fusions_requested():
+    other_fusions = ynn_fusions_requested() or config.get("train_ynn_fusions", "default") != "default"
+    if config.get("binary_conv_products") == "int8" and other_fusions:
         warnings.append(
-            f"int8_binary_convs='on' with {YNN_FUSION_FLAG} in $XLA_FLAGS: XLA:CPU's int8 convolutions "
-            f"are then many times slower than float32 ('auto' leaves them off)"
-        )
-    elif config.get("int8_binary_convs") == "on" and config.get("train_ynn_fusions") in ("auto", "reduce"):
-        warnings.append(
-            f"int8_binary_convs='on' with train_ynn_fusions={config.train_ynn_fusions!r}: on CPU, XLA's int8 "
-            f"convolutions are then many times slower than float32 in the train step ('auto' leaves them "
-            f"off there; train_ynn_fusions='default' keeps XLA's fusions)"
+            f"binary_conv_products='int8' with train_ynn_fusions={config.train_ynn_fusions!r} (or "
+            f"{YNN_FUSION_FLAG} in $XLA_FLAGS): on CPU, XLA's int8 convolutions are then many times slower "
+            f"than float32 ('popcount' is not; train_ynn_fusions='default' keeps XLA's fusions)"
         )
     if not configure_cpu_devices(config.cpu_devices) and jax.default_backend() == "cpu":
         warnings.append(

@@ -1,15 +1,29 @@
-"""A 1w1a convolution whose products are int8: the same numbers as the float convolution, sooner on CPU.
+"""A 1w1a convolution with other products than float multiply-adds: the same numbers, sooner on CPU.
 
-A binary conv multiplies ``x`` with entries in ``{-1, 0, +1}`` (signs, and the zeros of zero padding)
-by weights ``w[kh, kw, c, o] = +-s_o`` (the signs times a per-output-channel scale ``s_o >= 0``). Then
+A binary conv multiplies ``x`` with entries in ``{-1, +1}`` (signs; zero padding adds 0s) by weights
+``w[kh, kw, c, o] = +-s_o`` (the signs times a per-output-channel scale ``s_o >= 0``). Then
 
-    conv(x, w)[..., o] = s_o * conv(x, sign(w))[..., o],
+    conv(x, w)[..., o] = s_o * D[..., o],   D = conv(x, sign(w)),
 
-and ``conv(x, sign(w))`` is a sum of ``+-1`` and 0 terms: an integer with ``|D| <= kh kw C_in``, which
-int8 operands with int32 accumulation compute exactly. Multiplied by ``s_o`` once, in float32, this is
-the float32 conv's own result whenever that one is exact (``s_o`` a power of two, Libra-PB's scale,
-and ``|D| < 2**24``); for any other ``s_o`` it is the exact value rounded once. Either way the result
-is cast to ``x.dtype``.
+and ``D`` is a sum of ``+-1`` and 0 terms: an integer with ``|D| <= K = kh kw C_in``. Two exact ways
+to compute it (``PRODUCTS``):
+
+* ``"int8"``: int8 operands with int32 accumulation (XLA's integer convolution).
+* ``"popcount"``: XNOR-popcount on bits packed 32 channels to a uint32 word (``pack_bits_u32``). With
+  ``a`` the bits of ``x`` (1 for +1) and ``b`` those of ``sign(w)``, a tap inside the image adds
+  ``C_in - 2 popcount(a XOR b)``. A zero-padding tap adds 0 where the packed input holds bits 0 (-1),
+  i.e. ``-sum_c sign(w[tap, c, o])`` too much, so
+
+      D = K - 2 sum_taps popcount(a XOR b) + B[h, w, o],   B = sum over the padding taps of (h, w) of
+                                                             sum_c sign(w[tap, c, o]),
+
+  ``B`` a ``[H', W', C_out]`` border table (``border_table``); the unused high bits of a word are 0 in
+  both operands and add nothing.
+
+``D`` multiplied by ``s_o`` once, in float32, is the float32 conv's own result whenever that one is
+exact (``s_o`` a power of two, Libra-PB's scale, and ``|D| < 2**24``); for any other ``s_o`` it is
+the exact value rounded once. Either way the result is cast to ``x.dtype``. These kernels assume
+``x`` holds signs (``x > 0`` is +1); inputs with other values need ``"float"``.
 
 The backward pass is the float convolution's (``jax.vjp`` of ``conv(x, w)`` in ``x.dtype``): only
 the forward products change. ``x: [B, H, W, C_in]`` NHWC, ``w: [kh, kw, C_in, C_out]`` HWIO.
@@ -17,7 +31,7 @@ the forward products change. ``x: [B, H, W, C_in]`` NHWC, ``w: [kh, kw, C_in, C_
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,10 +53,16 @@ def channel_scales(w: Array) -> Array:
     return jnp.max(jnp.abs(w.astype(jnp.float32)), axis=(0, 1, 2))
 
 
-def _int8_forward(x: Array, w: Array, strides: int, pad: int) -> Array:
+def _scaled(d: Array, w: Array, dtype) -> Array:
+    """``s_o * D`` in float32 (``D`` integer ``[..., C_out]``), cast to ``dtype``."""
+    return (d.astype(jnp.float32) * channel_scales(w)).astype(dtype)
+
+
+def int8_sums(x: Array, w: Array, strides: int, pad: int) -> Array:
+    """``D`` (int32) with int8 products and int32 sums; ``x`` may hold 0s anywhere."""
     # jnp.sign, not w / s: XLA:CPU divides through a reciprocal, and s * (1/s) = 0.99999994 for some s,
     # which the int8 cast would truncate to 0.
-    d = jax.lax.conv_general_dilated(
+    return jax.lax.conv_general_dilated(
         x.astype(jnp.int8),
         jnp.sign(w).astype(jnp.int8),
         window_strides=(strides, strides),
@@ -50,23 +70,105 @@ def _int8_forward(x: Array, w: Array, strides: int, pad: int) -> Array:
         dimension_numbers=DIMENSIONS,
         preferred_element_type=jnp.int32,
     )
-    return (d.astype(jnp.float32) * channel_scales(w)).astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def int8_sign_conv(x: Array, w: Array, strides: int, pad: int) -> Array:
-    """``conv(x, w)`` of ``x`` in ``{-1, 0, +1}`` and ``w = +-s_o`` with int8 products (module docstring)."""
-    return _int8_forward(x, w, strides, pad)
+def pack_bits_u32(bits: Array) -> Array:
+    """``[..., K] {0,1} -> [..., ceil(K/32)] uint32``: bit ``i`` of word ``i // 32`` is index ``i``."""
+    k = bits.shape[-1]
+    words = -(-k // 32)
+    b = jnp.pad(bits.astype(jnp.uint32), [(0, 0)] * (bits.ndim - 1) + [(0, 32 * words - k)])
+    b = b.reshape(*bits.shape[:-1], words, 32)
+    return jnp.sum(b << jnp.arange(32, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
 
 
-def _fwd(x: Array, w: Array, strides: int, pad: int):
-    return _int8_forward(x, w, strides, pad), (x, w)
+def packed_popcount_xor(a: Array | Sequence[Array], w: Array) -> Array:
+    """``popcount(a XOR w)`` summed over words: ``[..., W] x [W, C_out] uint32 -> [..., C_out] int32``
+    (``w`` word-major: each word's row of output channels is contiguous, which the fused loop needs).
+
+    ``a`` may also be a sequence of ``[..., W_i]`` arrays whose words, in order, are the ``W`` words
+    (e.g. the taps of a conv, without materializing their concatenation). Written as a sum over the
+    words of elementwise ``[..., C_out]`` terms (one fused loop, the output channels vectorized) rather
+    than a reduction over a word axis, which XLA:CPU runs several times slower (BENCHMARKS.md).
+    """
+    parts = [a] if isinstance(a, jax.Array) else list(a)
+    acc = jnp.zeros((*parts[0].shape[:-1], w.shape[1]), jnp.int32)
+    i = 0
+    for part in parts:
+        for j in range(part.shape[-1]):
+            acc = acc + jax.lax.population_count(part[..., j : j + 1] ^ w[i]).astype(jnp.int32)
+            i += 1
+    return acc
 
 
-def _bwd(strides: int, pad: int, residuals, g: Array):
-    x, w = residuals
-    _, vjp = jax.vjp(lambda a, b: float_conv(a, b, strides, pad), x, w)
-    return vjp(g)
+def packed_taps(words: Array, kh: int, kw: int, strides: int) -> list[Array]:
+    """``[B, H, W, Wd]`` packed (already padded) input -> the ``kh kw`` taps ``[B, H', W', Wd]`` of each
+    output position, ``(dh, dw)`` row-major."""
+    b, h, w, wd = words.shape
+    ho, wo = (h - kh) // strides + 1, (w - kw) // strides + 1
+    return [
+        jax.lax.slice(
+            words,
+            (0, dh, dw, 0),
+            (b, dh + (ho - 1) * strides + 1, dw + (wo - 1) * strides + 1, wd),
+            (1, strides, strides, 1),
+        )
+        for dh in range(kh)
+        for dw in range(kw)
+    ]
 
 
-int8_sign_conv.defvjp(_fwd, _bwd)
+def border_table(w: Array, in_hw: tuple[int, int], strides: int, pad: int) -> Array:
+    """``B[h, w, o]`` (int32 ``[H', W', C_out]``): sum over the zero-padding taps of output position
+    ``(h, w)`` of ``sum_c sign(w[tap, c, o])`` (module docstring; ``sign(w) = +1`` iff ``w > 0``, as the
+    weight bits)."""
+    h, w_ = in_hw
+    on_border = jnp.pad(
+        jnp.zeros((1, h, w_, 1), jnp.float32), ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=1
+    )
+    signs = jnp.where(w > 0, 1.0, -1.0)  # the weight bits' values (a 0 weight, a dead channel's, is -1)
+    per_tap = jnp.sum(signs, axis=2, keepdims=True)  # [kh, kw, 1, C_out]
+    table = float_conv(on_border, per_tap, strides, 0)[0]  # small integers: exact in float32
+    return jnp.round(table).astype(jnp.int32)
+
+
+def popcount_sums(x: Array, w: Array, strides: int, pad: int) -> Array:
+    """``D`` (int32) by XNOR-popcount of packed sign bits (module docstring); ``x`` holds signs."""
+    kh, kw, c_in, c_out = w.shape
+    a = pack_bits_u32(x > 0)  # [B, H, W, Wd]
+    a = jnp.pad(a, ((0, 0), (pad, pad), (pad, pad), (0, 0)))  # bits 0: -1, corrected by the border table
+    b = jnp.moveaxis(pack_bits_u32(jnp.moveaxis(w > 0, 2, 3)), 3, 2)  # [kh, kw, Wd, C_out]
+    p = packed_popcount_xor(packed_taps(a, kh, kw, strides), b.reshape(-1, c_out))
+    d = kh * kw * c_in - 2 * p
+    return d + border_table(w, x.shape[1:3], strides, pad) if pad else d
+
+
+def _with_float_backward(sums, name: str, doc: str):
+    """``conv(x, w)`` as ``s_o * sums(x, w, strides, pad)`` forward, the float conv's vjp backward."""
+
+    def forward(x: Array, w: Array, strides: int, pad: int) -> Array:
+        return _scaled(sums(x, w, strides, pad), w, x.dtype)
+
+    forward.__name__, forward.__qualname__, forward.__doc__ = name, name, doc
+
+    def fwd(x, w, strides, pad):
+        return forward(x, w, strides, pad), (x, w)
+
+    def bwd(strides, pad, residuals, g):
+        x, w = residuals
+        _, vjp = jax.vjp(lambda a, b: float_conv(a, b, strides, pad), x, w)
+        return vjp(g)
+
+    conv = jax.custom_vjp(forward, nondiff_argnums=(2, 3))
+    conv.defvjp(fwd, bwd)
+    return conv
+
+
+int8_sign_conv = _with_float_backward(
+    int8_sums, "int8_sign_conv", "``conv(x, w)`` of ``x`` in ``{-1, 0, +1}`` and ``w = +-s_o`` with int8 products."
+)
+popcount_sign_conv = _with_float_backward(
+    popcount_sums, "popcount_sign_conv", "``conv(x, w)`` of signs ``x`` and ``w = +-s_o`` by XNOR-popcount."
+)
+
+# A 1w1a conv's forward products: ``(x, w, strides, pad) -> conv(x, w)`` (module docstring).
+PRODUCTS = {"float": float_conv, "int8": int8_sign_conv, "popcount": popcount_sign_conv}

@@ -54,7 +54,7 @@ def compute_dtype(config: ml_collections.ConfigDict):
 QUANTIZATION_FIELDS = tuple(
     f.name
     for f in dataclasses.fields(models.Quantization)
-    if f.name not in ("dtype", "materialize_residuals", "int8_conv_min_channels", "pixel_mean", "pixel_std")
+    if f.name not in ("dtype", "materialize_residuals", "binary_conv_products", "pixel_mean", "pixel_std")
 )
 
 
@@ -76,10 +76,9 @@ def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]
     return h, w, encoding.encoded_channels(c, config.input_encoding, config.encoding_levels)
 
 
-def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs, step: str = "train") -> nnx.Module:
-    """The configured model for the configured dataset (errors list valid model/dataset names), as the
-    train or eval ``step`` runs it (they may differ in ``int8_conv_min_channels`` only: the same
-    parameters and numbers)."""
+def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    """The configured model for the configured dataset (errors list valid model/dataset names), with
+    the backend policy's speed options (``runtime``: the same parameters and numbers)."""
     info = data_lib.get_dataset_info(config.dataset)
     options = {name: config[name] for name in QUANTIZATION_FIELDS}
     if normalizes_itself(config):
@@ -91,7 +90,7 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs, step: str = "
         rngs=rngs,
         dtype=compute_dtype(config),
         materialize_residuals=runtime.use_fusion_barriers(config),
-        int8_conv_min_channels=runtime.int8_conv_min_channels(config, step),
+        binary_conv_products=runtime.binary_conv_products(config),
         **options,
         **config.model_kwargs.to_dict(),
     )
@@ -160,7 +159,7 @@ def load_model(workdir: str, which: str = "best") -> tuple[nnx.Module, ml_collec
 
 
 def eval_graphdef(config: ml_collections.ConfigDict) -> nnx.GraphDef:
-    """The graph of the eval step's model (``build_model(config, step="eval")``) in evaluation mode
-    (BatchNorm running statistics); it takes the train state's ``params`` and ``batch_stats``."""
-    model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(params=config.seed), step="eval"))
+    """The graph of the configured model in evaluation mode (BatchNorm running statistics), for the eval
+    step; it takes the train state's ``params`` and ``batch_stats``."""
+    model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(params=config.seed)))
     return nnx.graphdef(nnx.view(model, use_running_average=True))

@@ -24,8 +24,7 @@ FIELDS = {
     "train_images_per_second_pipelined",
     "steps_per_call",
     "unroll_steps",
-    "int8_conv_min_channels",
-    "train_int8_conv_min_channels",
+    "binary_conv_products",
     "train_ynn_reduce_only",
     "xla_flags",
 }

@@ -146,56 +146,80 @@ def test_binary_conv_bad_input_shape_names_expected_shape():
         conv(jnp.zeros((2, 8, 8, 5)))
 
 
-@pytest.mark.parametrize(
-    "kernel,strides,pad,c_in,scale",
-    [(3, 1, 1, 5, 0.25), (3, 2, 1, 8, 2.0**-7), (1, 2, 0, 4, 1.0), (5, 1, 0, 3, 4.0), (3, 1, 1, 6, 0.3)],
-)
-def test_int8_sign_conv_is_the_float_conv_forward_and_backward(kernel, strides, pad, c_in, scale):
-    """int8 products give the float32 conv's numbers (bit for bit with a power-of-two scale, within one
-    rounding otherwise), with 0s in the input (zero padding) and a dead channel; the gradient is the
-    float conv's."""
+CONV_CASES = [(3, 1, 1, 5, 0.25), (3, 2, 1, 8, 2.0**-7), (1, 2, 0, 4, 1.0), (5, 1, 2, 3, 4.0), (3, 1, 1, 6, 0.3)]
+CONV_CASES += [(3, 2, 1, 37, 0.5), (3, 1, 0, 64, 2.0)]  # two uint32 words, one partly used; no padding
+
+
+@pytest.mark.parametrize("products", ["int8", "popcount"])
+@pytest.mark.parametrize("kernel,strides,pad,c_in,scale", CONV_CASES)
+def test_sign_conv_products_are_the_float_conv_forward_and_backward(products, kernel, strides, pad, c_in, scale):
+    """int8 and XNOR-popcount products give the float32 conv's numbers (bit for bit with a power-of-two
+    scale, within one rounding otherwise), with zero padding, a dead channel and (int8) 0s inside the
+    input; the gradient is the float conv's."""
     k = jax.random.split(jax.random.key(kernel * 10 + c_in), 4)
-    x = jnp.sign(jax.random.normal(k[0], (2, 9, 9, c_in))) * (jax.random.uniform(k[1], (2, 9, 9, c_in)) > 0.1)
+    x = bz.sign(jax.random.normal(k[0], (2, 9, 9, c_in)))
+    if products == "int8":  # int8 products also take 0s anywhere (popcount: signs only, 0s of zero padding)
+        x = x * (jax.random.uniform(k[1], (2, 9, 9, c_in)) > 0.1)
     channel_scale = scale * jnp.array([1.0, 2.0, 0.0, 0.5])  # channel 2: all weights 0
     w = bz.sign(jax.random.normal(k[2], (kernel, kernel, c_in, 4))) * channel_scale
     g = jax.random.normal(k[3], sign_conv.float_conv(x, w, strides, pad).shape)
     y_float, vjp_float = jax.vjp(lambda a, b: sign_conv.float_conv(a, b, strides, pad), x, w)
-    y_int8, vjp_int8 = jax.vjp(lambda a, b: sign_conv.int8_sign_conv(a, b, strides, pad), x, w)
-    assert y_int8.dtype == jnp.float32 and np.any(np.asarray(y_float) != 0)
+    y, vjp = jax.vjp(lambda a, b: sign_conv.PRODUCTS[products](a, b, strides, pad), x, w)
+    assert y.dtype == jnp.float32 and np.any(np.asarray(y_float) != 0)
     if np.log2(scale) == np.round(np.log2(scale)):
-        np.testing.assert_array_equal(np.asarray(y_int8), np.asarray(y_float))
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(y_float))
     else:
-        np.testing.assert_allclose(np.asarray(y_int8), np.asarray(y_float), rtol=1e-6, atol=1e-6)
-    for a, b in zip(vjp_int8(g), vjp_float(g)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(y_float), rtol=1e-6, atol=1e-6)
+    for a, b in zip(vjp(g), vjp_float(g)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_int8_sign_conv_any_channel_scale_is_the_exact_sum_rounded_once():
+@pytest.mark.parametrize("products", ["int8", "popcount"])
+def test_sign_conv_products_any_channel_scale_are_the_exact_sum_rounded_once(products):
     """64 output channels with scales that are no powers of two (a learned weight scale's): each output
     is ``D * s_o`` rounded once, ``D`` the exact integer sum (none of its terms lost to rounding)."""
     k = jax.random.split(jax.random.key(7), 2)
-    x = jnp.sign(jax.random.normal(k[0], (2, 6, 6, 40)))
-    signs = jnp.sign(jax.random.normal(k[1], (3, 3, 40, 64)))
+    x = bz.sign(jax.random.normal(k[0], (2, 6, 6, 40)))
+    signs = bz.sign(jax.random.normal(k[1], (3, 3, 40, 64)))
     scales = jnp.linspace(0.013, 0.97, 64, dtype=jnp.float32)
-    y = np.asarray(jax.jit(lambda a, b: sign_conv.int8_sign_conv(a, b, 1, 1))(x, signs * scales))
+    y = np.asarray(jax.jit(lambda a, b: sign_conv.PRODUCTS[products](a, b, 1, 1))(x, signs * scales))
     d = np.asarray(sign_conv.float_conv(x, signs, 1, 1)).astype(np.int64)  # +-1 products: exact
     np.testing.assert_array_equal(y, (d * np.asarray(scales, np.float64)).astype(np.float32))
 
 
+def test_popcount_sums_bfloat16_and_border_table():
+    """The packed sums are those of the int8 conv for bfloat16 signs too, and the border table of a
+    3x3 conv with padding 1 is ``sum_c sign(w)`` over the taps outside the image (corner: 5 taps)."""
+    k = jax.random.split(jax.random.key(3), 2)
+    x = bz.sign(jax.random.normal(k[0], (3, 7, 7, 33))).astype(jnp.bfloat16)
+    w = bz.sign(jax.random.normal(k[1], (3, 3, 33, 9)))
+    np.testing.assert_array_equal(
+        np.asarray(sign_conv.popcount_sums(x, w, 1, 1)), np.asarray(sign_conv.int8_sums(x, w, 1, 1))
+    )
+    table = np.asarray(sign_conv.border_table(w, (7, 7), 1, 1))
+    per_tap = np.asarray(w).sum(axis=2)  # [3, 3, C_out]
+    assert table.shape == (7, 7, 9) and not table[3, 3].any()
+    np.testing.assert_array_equal(table[0, 0], per_tap[0].sum(0) + per_tap[1:, 0].sum(0))
+    np.testing.assert_array_equal(table[6, 3], per_tap[2].sum(0))
+
+
+@pytest.mark.parametrize("products", ["int8", "popcount"])
 @pytest.mark.parametrize("pad_value", ["zero", "checkerboard"])
-def test_binary_conv_int8_products_change_no_number(pad_value):
-    """A BinaryConv with ``int8_products``: the same output and parameter gradients as without."""
+def test_binary_conv_products_change_no_number(products, pad_value):
+    """A BinaryConv with int8 or popcount ``products``: the same output and parameter gradients as float."""
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 6))
     ede = bz.EstimatorParams.constant(1.0, 3.0)
 
-    def run(int8):
-        conv = BinaryConv(6, 5, 3, strides=2, pad_value=pad_value, int8_products=int8, rngs=nnx.Rngs(0))
+    def run(products):
+        conv = BinaryConv(6, 5, 3, strides=2, pad_value=pad_value, products=products, rngs=nnx.Rngs(0))
         graphdef, params = nnx.split(conv)
         loss = lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x, ede)))  # noqa: E731
         return jax.value_and_grad(loss)(params)
 
-    (loss_f, grads_f), (loss_i, grads_i) = run(False), run(True)
+    (loss_f, grads_f), (loss_i, grads_i) = run("float"), run(products)
     assert loss_f == loss_i
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), grads_f, grads_i)
-    with pytest.raises(ValueError, match="int8_products needs a 1w1a conv"):
-        BinaryConv(6, 5, binarize_activations=False, int8_products=True, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=f"products='{products}' needs a 1w1a conv"):
+        BinaryConv(6, 5, binarize_activations=False, products=products, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"unknown products 'int4'; valid: \['float', 'int8', 'popcount'\]"):
+        BinaryConv(6, 5, products="int4", rngs=nnx.Rngs(0))

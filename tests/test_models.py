@@ -11,7 +11,7 @@ from flax import nnx
 
 from irnet_jax import models
 from irnet_jax.binarization import EstimatorParams
-from irnet_jax.layers import max_pool
+from irnet_jax.layers import BinaryConv, max_pool
 from irnet_jax.summary import summarize
 
 SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1)}
@@ -181,20 +181,21 @@ def test_materialized_residual_stream_is_not_recomputed(block):
     np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("products", ["int8", "popcount"])
 @pytest.mark.parametrize("name", ["resnet20", "vgg_small", "mnistnet"])
-def test_int8_binary_convs_change_no_number(name):
-    """``int8_conv_min_channels`` (the trainer's CPU default, via ``int8_binary_convs``): the 1w1a convs
-    with that many input channels multiply in int8, and the loss, every gradient and the eval logits
+def test_binary_conv_products_change_no_number(name, products):
+    """``binary_conv_products`` (the trainer's CPU default "popcount", via the config field of that
+    name): every 1w1a conv computes its sums that way, and the loss, every gradient and the eval logits
     are the float model's, bit for bit."""
     shape = SHAPES["mnist" if name == "mnistnet" else "cifar10"]
     x = jax.random.normal(jax.random.key(1), (3, *shape))
     results = []
-    for min_channels in (0, 32):
+    for choice in ("float", products):
         model = models.create_model(
-            name, input_shape=shape, num_classes=10, rngs=nnx.Rngs(0), int8_conv_min_channels=min_channels
+            name, input_shape=shape, num_classes=10, rngs=nnx.Rngs(0), binary_conv_products=choice
         )
-        int8 = [m.in_features for _, m in nnx.iter_modules(model) if getattr(m, "int8_products", False)]
-        assert (len(int8) > 0 and min(int8) >= 32) if min_channels else not int8
+        convs = [m for _, m in nnx.iter_modules(model) if isinstance(m, BinaryConv) and m.is_binary]
+        assert len(convs) >= 2 and {m.products for m in convs} == {choice}
         loss, grads = nnx.value_and_grad(lambda m: jnp.mean(jnp.sin(m(x))))(model)  # noqa: B023
         model.eval()
         results.append((loss, nnx.state(grads, nnx.Param), model(x)))

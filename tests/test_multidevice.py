@@ -168,21 +168,28 @@ def test_xla_flag_helpers_and_auto_values(monkeypatch):
     assert runtime.configure_runtime(config) == []  # "auto": a default, no warning when it cannot apply
     config.xla_flags = "--y=2"
     assert any("not applied: JAX had already started" in w for w in runtime.configure_runtime(config))
-    # int8 products: "auto" on CPU, but not under YNNPACK fusions (there XLA:CPU's int8 conv is slow);
-    # "on" there is kept, with a warning.
+    # The 1w1a convs' products: "auto" = XNOR-popcount on CPU, float elsewhere; "int8" under YNNPACK
+    # fusions other than XLA's default (XLA:CPU's int8 conv is slow there) is kept, with a warning.
     config.xla_flags = "auto"
-    assert runtime.int8_conv_min_channels(config) == runtime.CPU_INT8_MIN_CHANNELS
+    assert runtime.binary_conv_products(config) == runtime.CPU_BINARY_CONV_PRODUCTS == "popcount"
+    config.binary_conv_products = "int8"
+    assert runtime.binary_conv_products(config) == "int8"
+    int8_warning = (
+        "binary_conv_products='int8' with train_ynn_fusions='auto' (or --xla_cpu_experimental_ynn_fusion_type "
+        "in $XLA_FLAGS): on CPU, XLA's int8 convolutions are then many times slower than float32 ('popcount' "
+        "is not; train_ynn_fusions='default' keeps XLA's fusions)"
+    )
+    assert [w for w in runtime.configure_runtime(config) if "int8" in w] == [int8_warning]
+    config.train_ynn_fusions = "default"
+    assert [w for w in runtime.configure_runtime(config) if "int8" in w] == []
     monkeypatch.setenv("XLA_FLAGS", "--x=1 --xla_cpu_experimental_ynn_fusion_type=reduce")
-    assert runtime.int8_conv_min_channels(config) == 0 and runtime.configure_runtime(config) == []
-    config.int8_binary_convs = "on"
-    assert runtime.int8_conv_min_channels(config) == 1
     assert [w for w in runtime.configure_runtime(config) if "int8" in w] == [
-        "int8_binary_convs='on' with --xla_cpu_experimental_ynn_fusion_type in $XLA_FLAGS: XLA:CPU's int8 "
-        "convolutions are then many times slower than float32 ('auto' leaves them off)"
+        int8_warning.replace("'auto'", "'default'")
     ]
+    config.binary_conv_products, config.train_ynn_fusions = "auto", "auto"
+    assert runtime.configure_runtime(config) == []
     # The train step's YNNPACK fusions: "auto" = reductions only on CPU (a compile option of that step
-    # alone, without int8 products there), unless $XLA_FLAGS chooses the fusions itself.
-    config.int8_binary_convs = "auto"
+    # alone), unless $XLA_FLAGS chooses the fusions itself.
     assert not runtime.train_reduce_fusions_only(config)  # $XLA_FLAGS sets them (above)
     assert runtime.compiler_options(config, "train") == runtime.compiler_options(config, "eval")
     monkeypatch.setenv("XLA_FLAGS", "--x=1")
@@ -191,20 +198,8 @@ def test_xla_flag_helpers_and_auto_values(monkeypatch):
     assert runtime.compiler_options(config, "train") == {**barriers, **runtime.YNN_REDUCE_ONLY}
     assert runtime.compiler_options(config, "eval") == barriers
     assert runtime.YNN_REDUCE_ONLY == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
-    assert runtime.int8_conv_min_channels(config, "train") == 0
-    assert runtime.int8_conv_min_channels(config, "eval") == runtime.CPU_INT8_MIN_CHANNELS
     config.train_ynn_fusions = "default"
     assert runtime.compiler_options(config, "train") == barriers
-    assert runtime.int8_conv_min_channels(config, "train") == runtime.CPU_INT8_MIN_CHANNELS
-    config.train_ynn_fusions, config.int8_binary_convs = "reduce", "on"
-    assert runtime.int8_conv_min_channels(config, "train") == 1
-    assert [w for w in runtime.configure_runtime(config) if "int8" in w] == [
-        "int8_binary_convs='on' with train_ynn_fusions='reduce': on CPU, XLA's int8 convolutions are then "
-        "many times slower than float32 in the train step ('auto' leaves them off there; "
-        "train_ynn_fusions='default' keeps XLA's fusions)"
-    ]
-    config.train_ynn_fusions = "default"
-    assert [w for w in runtime.configure_runtime(config) if "int8" in w] == []
     with pytest.raises(ValueError, match=r"step must be one of \['train', 'eval'\], got 'test'"):
         runtime.compiler_options(config, "test")
     config.steps_per_call = -1
@@ -212,3 +207,4 @@ def test_xla_flag_helpers_and_auto_values(monkeypatch):
     for backend, steps in expected.items():
         monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
         assert runtime.steps_per_call(config) == steps, backend
+        assert runtime.binary_conv_products(config) == ("popcount" if backend == "cpu" else "float"), backend

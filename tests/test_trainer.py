@@ -276,24 +276,32 @@ def test_steps_per_call_run_matches_single_step_run_and_resumes(tfds_dir, tmp_pa
     assert logged == [10, 16, 20, 26, 32], logged
 
 
-def test_train_and_eval_steps_models_differ_only_in_int8_products(tfds_dir):
-    """On CPU the train step runs YNNPACK fusions for reductions only and float products; the eval
-    step's model (``eval_graphdef``) multiplies in int8 where ``int8_binary_convs`` says so, on the same
-    parameters, with the train graph's eval logits bit for bit."""
+def test_train_and_eval_models_compute_popcount_products_on_cpu(tfds_dir):
+    """On CPU the train state's model and the eval step's (``eval_graphdef``) compute every 1w1a conv by
+    XNOR-popcount (``binary_conv_products="auto"``), the eval graph in evaluation mode, on the same
+    parameters and with the train graph's eval logits bit for bit; "float" builds float products."""
     from flax import nnx
 
+    from irnet_jax.layers import BinaryConv
     from irnet_jax.train_state import eval_graphdef
 
     config = tiny_config(tfds_dir)  # the MNIST net: 1w1a convs of 32 and 64 input channels
     setup = create_train_state(config)
-    int8_convs = lambda model: [m.in_features for _, m in nnx.iter_modules(model) if getattr(m, "int8_products", 0)]
+    products = lambda model: [  # noqa: E731
+        (m.in_features, m.products) for _, m in nnx.iter_modules(model) if isinstance(m, BinaryConv) and m.is_binary
+    ]
     train_model = nnx.merge(setup.graphdef, setup.state.params, setup.state.batch_stats)
     eval_model = nnx.merge(eval_graphdef(config), setup.state.params, setup.state.batch_stats)
-    assert int8_convs(train_model) == [] and int8_convs(eval_model) == [32, 64]
+    assert products(train_model) == products(eval_model) == [(32, "popcount"), (64, "popcount")]
     assert eval_model.bns[0].use_running_average and not train_model.bns[0].use_running_average
     train_model.eval()
     x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
     np.testing.assert_array_equal(np.asarray(train_model(x)), np.asarray(eval_model(x)))
+    config.binary_conv_products = "float"
+    assert products(nnx.merge(eval_graphdef(config), setup.state.params, setup.state.batch_stats)) == [
+        (32, "float"),
+        (64, "float"),
+    ]
 
 
 def test_train_step_does_not_recompile_when_lr_and_ede_change(tfds_dir):
@@ -350,7 +358,11 @@ def test_unknown_config_field_is_rejected(tmp_path):
         ("steps_per_call", 0, r"steps_per_call must be >= 1 or -1 \(auto\), got 0"),
         ("unroll_steps", "yes", r"unroll_steps must be one of \['auto', 'on', 'off'\], got 'yes'"),
         ("fusion_barriers", "always", r"fusion_barriers must be one of \['auto', 'on', 'off'\], got 'always'"),
-        ("int8_binary_convs", "int4", r"int8_binary_convs must be one of \['auto', 'on', 'off'\], got 'int4'"),
+        (
+            "binary_conv_products",
+            "int4",
+            r"binary_conv_products must be one of \['auto', 'float', 'int8', 'popcount'\], got 'int4'",
+        ),
         (
             "train_ynn_fusions",
             "all",

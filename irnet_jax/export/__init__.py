@@ -7,7 +7,8 @@ engine, golden vectors for RTL (``python -m irnet_jax.export``).
     integer_stem  a float first layer as an exact integer conv of the uint8 pixels (sequential nets, ResNets)
     residual  the ResNets' fixed-point residual stream
     stages    one class per stage kind: NumPy reference, packed JAX form, manifest entry, golden files
-    bits      bit-level operations (padding, patches, pooling, XNOR-popcount, packing, text lines)
+    bits      bit-level operations (padding, patches, pooling, XNOR-popcount, text lines; the JAX packing
+              and popcount are ``irnet_jax.sign_conv``'s)
     engine    running a folded model (NumPy reference, packed JAX engine) and the float model
     files     the export folder and its ``manifest.json``
     pipeline  ``export_checkpoint``: workdir -> verified export folder

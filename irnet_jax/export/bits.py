@@ -1,4 +1,5 @@
-"""Bit-level operations of the integer pipeline, in NumPy (the reference) and JAX (the packed engine).
+"""Bit-level operations of the integer pipeline, in NumPy (the reference) and JAX (the packed engine;
+its packing and XNOR-popcount are ``irnet_jax.sign_conv``'s, which the models' popcount products use).
 
 Bits are ``uint8`` in {0, 1} with 1 = +1 and 0 = -1. Feature maps are ``[N, H, W, C]``; patches
 and weight rows are indexed ``(c, kh, kw)`` (channel-major). Packed words are uint32 little-endian
@@ -61,15 +62,6 @@ def xnor_popcount_sums(patch_bits: np.ndarray, weight_bits: np.ndarray) -> np.nd
     return k - 2 * pc
 
 
-def pack_bits_u32(bits: jax.Array) -> jax.Array:
-    """``[..., K] {0,1} -> [..., ceil(K/32)] uint32``: bit ``i`` of word ``i // 32`` is index ``i``."""
-    k = bits.shape[-1]
-    words = -(-k // 32)
-    b = jnp.pad(bits.astype(jnp.uint32), [(0, 0)] * (bits.ndim - 1) + [(0, 32 * words - k)])
-    b = b.reshape(*bits.shape[:-1], words, 32)
-    return jnp.sum(b << jnp.arange(32, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
-
-
 def jax_patches(x: jax.Array, k: int, stride: int) -> jax.Array:
     """``patches`` for traced arrays."""
     n, h, w, c = x.shape
@@ -92,20 +84,6 @@ def jax_pad_bits(x: jax.Array, pad: int, pad_bit: str) -> jax.Array:
     frame = jnp.asarray(pad_bits(np.zeros((1, *x.shape[1:]), np.uint8), pad, pad_bit))
     inside = jnp.zeros(frame.shape[1:3], bool).at[pad:-pad, pad:-pad].set(True)[None, :, :, None]
     return jnp.where(inside, jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))), frame)
-
-
-def packed_popcount_xor(a: jax.Array, w: jax.Array) -> jax.Array:
-    """``popcount(a XOR w)`` summed over words: ``[..., W] x [C_out, W] uint32 -> [..., C_out] int32``.
-
-    Written as a sum over the ``W`` words of elementwise ``[..., C_out]`` terms (one fused loop, the
-    output channels vectorized) rather than a reduction over the minor word axis, which XLA:CPU runs
-    far slower (BENCHMARKS.md, export engine).
-    """
-    wt = w.T
-    acc = jnp.zeros((*a.shape[:-1], w.shape[0]), jnp.int32)
-    for i in range(a.shape[-1]):
-        acc = acc + jax.lax.population_count(a[..., i : i + 1] ^ wt[i]).astype(jnp.int32)
-    return acc
 
 
 def bits_line(bits: np.ndarray) -> str:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from irnet_jax import sign_conv
 from irnet_jax.export import bits as bit_ops
 from irnet_jax.export.border import BorderCorrection
 from irnet_jax.export.fixed_point import FixedPointAffine
@@ -180,13 +181,13 @@ class BinaryConvStage(_ConvGeometry, _BinaryWeights, Stage):
 
     def packed_sums(self) -> Callable[[jax.Array], jax.Array]:
         """``sums`` as a traceable JAX function on packed uint32 words."""
-        words = bit_ops.pack_bits_u32(jnp.asarray(self.weight_bits))
+        words = sign_conv.pack_bits_u32(jnp.asarray(self.weight_bits)).T  # [W, C_out]
         correction = None if self.border is None else jnp.asarray(self.border.per_position())
 
         def run(x):
             padded = bit_ops.jax_pad_bits(x, self.pad, self.datapath_pad_bit)
-            a = bit_ops.pack_bits_u32(bit_ops.jax_patches(padded, self.kernel_size, self.stride))
-            d = self.fan_in - 2 * bit_ops.packed_popcount_xor(a, words)
+            a = sign_conv.pack_bits_u32(bit_ops.jax_patches(padded, self.kernel_size, self.stride))
+            d = self.fan_in - 2 * sign_conv.packed_popcount_xor(a, words)
             return d if correction is None else d - correction
 
         return run
@@ -291,10 +292,12 @@ class BinaryDenseStage(_LogitsOutput, _BinaryWeights, Stage):
         return d.astype(np.float32) * self.logit_scale + self.bias, d
 
     def packed(self):
-        words = bit_ops.pack_bits_u32(jnp.asarray(self.weight_bits))
+        words = sign_conv.pack_bits_u32(jnp.asarray(self.weight_bits)).T  # [W, C_out]
 
         def run(x):
-            d = self.fan_in - 2 * bit_ops.packed_popcount_xor(bit_ops.pack_bits_u32(x.reshape(x.shape[0], -1)), words)
+            d = self.fan_in - 2 * sign_conv.packed_popcount_xor(
+                sign_conv.pack_bits_u32(x.reshape(x.shape[0], -1)), words
+            )
             return d.astype(jnp.float32) * self.logit_scale + self.bias
 
         return run
