@@ -22,8 +22,8 @@ to compute it (``PRODUCTS``):
 
 ``D`` multiplied by ``s_o`` once, in float32, is the float32 conv's own result whenever that one is
 exact (``s_o`` a power of two, Libra-PB's scale, and ``|D| < 2**24``); for any other ``s_o`` it is
-the exact value rounded once. Either way the result is cast to ``x.dtype``. These kernels assume
-``x`` holds signs (``x > 0`` is +1); inputs with other values need ``"float"``.
+the exact value rounded once. Either way the result is cast to ``x.dtype``. ``"popcount"`` assumes
+``x`` holds signs (``x > 0`` is +1), ``"int8"`` also takes 0s anywhere; other inputs need ``"float"``.
 
 The backward pass is the float convolution's (``jax.vjp`` of ``conv(x, w)`` in ``x.dtype``): only
 the forward products change. ``x: [B, H, W, C_in]`` NHWC, ``w: [kh, kw, C_in, C_out]`` HWIO.
