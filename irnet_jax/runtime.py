@@ -1,6 +1,7 @@
 """Backend policy: what a run asks of XLA and of the devices, decided per backend, applied before JAX starts.
 
-The fields decided here never change what a run computes (they are ``checkpointing.OPERATIONAL_FIELDS``):
+The fields decided here never change what a run computes beyond float summation order (they are
+``checkpointing.OPERATIONAL_FIELDS``):
 
 - ``cpu_devices``: split the CPU platform into N JAX devices, so that XLA:CPU's single-threaded
   kernels of different batch shards run on different cores;
