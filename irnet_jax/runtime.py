@@ -214,10 +214,10 @@ def configure_runtime(config: ml_collections.ConfigDict) -> list[str]:
             f"xla_flags={config.xla_flags!r} not applied: JAX had already started (set them "
             f"before JAX runs anything, e.g. via train.py, or in $XLA_FLAGS)"
         )
-    other_fusions = ynn_fusions_requested() or config.get("train_ynn_fusions", "default") != "default"
-    if config.get("binary_conv_products") == "int8" and other_fusions:
+    train_fusions = config.get("train_ynn_fusions", "default")
+    if config.get("binary_conv_products") == "int8" and (train_fusions != "default" or ynn_fusions_requested()):
         warnings.append(
-            f"binary_conv_products='int8' with train_ynn_fusions={config.train_ynn_fusions!r} (or "
+            f"binary_conv_products='int8' with train_ynn_fusions={train_fusions!r} (or "
             f"{YNN_FUSION_FLAG} in $XLA_FLAGS): on CPU, XLA's int8 convolutions are then many times slower "
             f"than float32 ('popcount' is not; train_ynn_fusions='default' keeps XLA's fusions)"
         )

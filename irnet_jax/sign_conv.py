@@ -81,22 +81,22 @@ def pack_bits_u32(bits: Array) -> Array:
     return jnp.sum(b << jnp.arange(32, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
 
 
-def packed_popcount_xor(a: Array | Sequence[Array], w: Array) -> Array:
-    """``popcount(a XOR w)`` summed over words: ``[..., W] x [W, C_out] uint32 -> [..., C_out] int32``
-    (``w`` word-major: each word's row of output channels is contiguous, which the fused loop needs).
+def packed_popcount_xor(parts: Sequence[Array], w: Array) -> Array:
+    """``popcount(a XOR w)`` summed over words: ``[..., W] x [W, C_out] uint32 -> [..., C_out] int32``,
+    ``a`` given as ``parts`` ``[..., W_i]`` whose words, in order, are its ``W`` words (one array, or the
+    taps of a conv without materializing their concatenation); ``w`` word-major, so that each word's
+    row of output channels is contiguous.
 
-    ``a`` may also be a sequence of ``[..., W_i]`` arrays whose words, in order, are the ``W`` words
-    (e.g. the taps of a conv, without materializing their concatenation). Written as a sum over the
-    words of elementwise ``[..., C_out]`` terms (one fused loop, the output channels vectorized) rather
-    than a reduction over a word axis, which XLA:CPU runs several times slower (BENCHMARKS.md).
+    Written as a sum over the words of elementwise ``[..., C_out]`` terms (one fused loop, the output
+    channels vectorized) rather than a reduction over a word axis, which XLA:CPU runs several times
+    slower (BENCHMARKS.md).
     """
-    parts = [a] if isinstance(a, jax.Array) else list(a)
     acc = jnp.zeros((*parts[0].shape[:-1], w.shape[1]), jnp.int32)
-    i = 0
-    for part in parts:
-        for j in range(part.shape[-1]):
-            acc = acc + jax.lax.population_count(part[..., j : j + 1] ^ w[i]).astype(jnp.int32)
-            i += 1
+    words = [part[..., j : j + 1] for part in parts for j in range(part.shape[-1])]
+    if len(words) != w.shape[0]:
+        raise ValueError(f"{len(words)} input words against {w.shape[0]} weight words")
+    for i, word in enumerate(words):
+        acc = acc + jax.lax.population_count(word ^ w[i]).astype(jnp.int32)
     return acc
 
 
@@ -120,7 +120,8 @@ def packed_taps(words: Array, kh: int, kw: int, strides: int) -> list[Array]:
 def border_table(w: Array, in_hw: tuple[int, int], strides: int, pad: int) -> Array:
     """``B[h, w, o]`` (int32 ``[H', W', C_out]``): sum over the zero-padding taps of output position
     ``(h, w)`` of ``sum_c sign(w[tap, c, o])`` (module docstring; ``sign(w) = +1`` iff ``w > 0``, as the
-    weight bits)."""
+    weight bits). Traced, as the weights change every step; ``export.border`` is the export's host-side
+    table per border class, for a datapath that pads with +1 bits."""
     h, w_ = in_hw
     on_border = jnp.pad(
         jnp.zeros((1, h, w_, 1), jnp.float32), ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=1

@@ -187,7 +187,7 @@ class BinaryConvStage(_ConvGeometry, _BinaryWeights, Stage):
         def run(x):
             padded = bit_ops.jax_pad_bits(x, self.pad, self.datapath_pad_bit)
             a = sign_conv.pack_bits_u32(bit_ops.jax_patches(padded, self.kernel_size, self.stride))
-            d = self.fan_in - 2 * sign_conv.packed_popcount_xor(a, words)
+            d = self.fan_in - 2 * sign_conv.packed_popcount_xor([a], words)
             return d if correction is None else d - correction
 
         return run
@@ -296,7 +296,7 @@ class BinaryDenseStage(_LogitsOutput, _BinaryWeights, Stage):
 
         def run(x):
             d = self.fan_in - 2 * sign_conv.packed_popcount_xor(
-                sign_conv.pack_bits_u32(x.reshape(x.shape[0], -1)), words
+                [sign_conv.pack_bits_u32(x.reshape(x.shape[0], -1))], words
             )
             return d.astype(jnp.float32) * self.logit_scale + self.bias
 

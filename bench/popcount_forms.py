@@ -1,0 +1,76 @@
+"""Three ways to write the XNOR-popcount sums of one 3x3 conv (stride 1, zero padding 1), timed side by
+side in one run: ``sign_conv.popcount_sums`` (one elementwise term per tap and word, packed weights
+word-major ``[words, C_out]``), the same with the packed weights made ``[C_out, words]`` and transposed
+inside the jit, and a reduction over a ``[..., words, C_out]`` axis. All three must give the int8
+conv's sums. ms per call on this backend, the best of ``--rounds`` interleaved rounds (the first timed
+call of a process runs slow); one JSON line per shape.
+
+    PYTHONPATH=. python bench/popcount_forms.py [--shapes 128x32x16,64x32x128] [--calls 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench.int8_conv import ms_per_call
+from irnet_jax import sign_conv
+
+
+def _packed(x, w):
+    """Padded packed input ``[B, H+2, W+2, Wd]`` and packed weights ``[kh, kw, Wd, C_out]``."""
+    a = jnp.pad(sign_conv.pack_bits_u32(x > 0), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    b = jnp.moveaxis(sign_conv.pack_bits_u32(jnp.moveaxis(w > 0, 2, 3)), 3, 2)
+    return a, b
+
+
+def transposed_weights(x, w):
+    a, _ = _packed(x, w)
+    rows = sign_conv.pack_bits_u32(jnp.moveaxis(w > 0, 3, 0)).reshape(w.shape[3], -1)  # [C_out, words]
+    p = sign_conv.packed_popcount_xor(sign_conv.packed_taps(a, 3, 3, 1), rows.T)
+    return 9 * w.shape[2] - 2 * p + sign_conv.border_table(w, x.shape[1:3], 1, 1)
+
+
+def word_axis_reduction(x, w):
+    a, b = _packed(x, w)
+    taps = jnp.concatenate(sign_conv.packed_taps(a, 3, 3, 1), axis=-1)  # [B, H, W, 9 Wd]
+    p = jnp.sum(jax.lax.population_count(taps[..., :, None] ^ b.reshape(-1, w.shape[3])).astype(jnp.int32), -2)
+    return 9 * w.shape[2] - 2 * p + sign_conv.border_table(w, x.shape[1:3], 1, 1)
+
+
+FORMS = {
+    "per_word_terms_ms": lambda x, w: sign_conv.popcount_sums(x, w, 1, 1),
+    "transposed_weights_ms": transposed_weights,
+    "word_axis_reduction_ms": word_axis_reduction,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shapes", default="128x32x16,64x32x128")
+    parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    for shape in args.shapes.split(","):
+        batch, side, channels = (int(v) for v in shape.split("x"))
+        x = jnp.asarray(np.where(rng.standard_normal((batch, side, side, channels)) >= 0, 1.0, -1.0), jnp.float32)
+        w = jnp.asarray(np.where(rng.standard_normal((3, 3, channels, channels)) >= 0, 1.0, -1.0), jnp.float32)
+        reference = np.asarray(sign_conv.int8_sums(x, w, 1, 1))
+        fns = {name: jax.jit(form) for name, form in FORMS.items()}
+        for name, fn in fns.items():
+            assert np.array_equal(np.asarray(fn(x, w)), reference), name
+        times = {name: [] for name in fns}
+        for _ in range(args.rounds):
+            for name, fn in fns.items():
+                times[name].append(ms_per_call(fn, x, w, args.calls))
+        row = {"shape": shape, "backend": jax.default_backend(), **{k: round(min(v), 2) for k, v in times.items()}}
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
