@@ -76,9 +76,10 @@ def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]
     return h, w, encoding.encoded_channels(c, config.input_encoding, config.encoding_levels)
 
 
-def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs, dtype: Any = None) -> nnx.Module:
     """The configured model for the configured dataset (errors list valid model/dataset names), with
-    the backend policy's speed options (``runtime``: the same parameters and numbers)."""
+    the backend policy's speed options (``runtime``: the same parameters and numbers); computing in
+    ``dtype`` if given (e.g. float64 under ``jax.enable_x64``), else in ``compute_dtype(config)``."""
     info = data_lib.get_dataset_info(config.dataset)
     options = {name: config[name] for name in QUANTIZATION_FIELDS}
     if normalizes_itself(config):
@@ -88,7 +89,7 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module
         input_shape=model_input_shape(config),
         num_classes=info.num_classes,
         rngs=rngs,
-        dtype=compute_dtype(config),
+        dtype=dtype or compute_dtype(config),
         materialize_residuals=runtime.use_fusion_barriers(config),
         binary_conv_products=runtime.binary_conv_products(config),
         **options,

@@ -25,6 +25,11 @@ flags.DEFINE_integer(
     "Fractional bits of the fixed-point values (a float classifier's input, a ResNet's stream; 1..26); "
     "0: the model's residual_frac_bits if it was trained with one, else 24.",
 )
+flags.DEFINE_bool(
+    "verify_float64",
+    False,
+    "Also compare the engine and the float32 model with the model evaluated in float64 (its exact value; slow).",
+)
 flags.mark_flags_as_required(["checkpoint", "out"])
 
 
@@ -41,6 +46,7 @@ def main(argv):
         FLAGS.bench_batch,
         FLAGS.formats,
         FLAGS.frac_bits,
+        FLAGS.verify_float64,
     )
     print(json.dumps({"out": FLAGS.out, **manifest["verification"], **manifest["size_bytes"]}))
 

@@ -4,6 +4,7 @@ the trained float model's predictions to compare them with."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ from irnet_jax import encoding, models
 from irnet_jax.export.folding import ExportError
 from irnet_jax.export.stages import BinaryConvStage, FoldedModel
 from irnet_jax.timing import median_seconds
-from irnet_jax.train_state import input_normalization
+from irnet_jax.train_state import build_model, input_normalization
 
 
 def first_layer_input(images_u8: np.ndarray, folded: FoldedModel) -> np.ndarray:
@@ -71,9 +72,11 @@ def make_jax_engine(folded: FoldedModel) -> Callable[[jax.Array], jax.Array]:
     return run_x64
 
 
-def float_forward(model: nnx.Module, config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:
-    """The trained float32 model's jitted eval forward: ``[N, H, W, C] uint8 -> logits [N, classes]``,
-    preprocessed as in training (normalization or input encoding, no augmentation)."""
+def float_forward(
+    model: nnx.Module, config: ml_collections.ConfigDict, dtype: Any = jnp.float32
+) -> Callable[[jax.Array], jax.Array]:
+    """The trained model's jitted eval forward: ``[N, H, W, C] uint8 -> logits [N, classes]``,
+    preprocessed as in training (normalization or input encoding, no augmentation) into ``dtype``."""
     info = data_lib.get_dataset_info(config.dataset)
     graphdef, state = nnx.split(model)
     integers = models.eval_integers(model)
@@ -82,20 +85,47 @@ def float_forward(model: nnx.Module, config: ml_collections.ConfigDict) -> Calla
     def forward(state, integers, images_u8):
         encoding, levels = config.input_encoding, config.encoding_levels
         x = data_lib.preprocess(
-            images_u8, info, None, jnp.float32, encoding, levels, normalization=input_normalization(config)
+            images_u8, info, None, dtype, encoding, levels, normalization=input_normalization(config)
         )
         return models.eval_logits(nnx.merge(graphdef, state, copy=True), x, integers)
 
     return lambda images_u8: forward(state, integers, images_u8)
 
 
+def float64_forward(model: nnx.Module, config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:
+    """``float_forward`` of the same model rebuilt in float64: its parameters and statistics cast
+    exactly, float convolutions for the binary products (exact in any float). Every float operation
+    then rounds to ``2**-53`` relative instead of float32's ``2**-24``: the model's exact value for a
+    prediction, up to ties closer than that."""
+    wide_config = config.copy_and_resolve_references()
+    with wide_config.unlocked():
+        wide_config.binary_conv_products, wide_config.half_precision = "float", False
+    widen = lambda v: jnp.asarray(v, jnp.float64) if jnp.issubdtype(v.dtype, jnp.floating) else v
+    with jax.enable_x64(True):
+        wide = build_model(wide_config, nnx.Rngs(0), dtype=jnp.float64)
+        nnx.update(wide, jax.tree.map(widen, nnx.state(model)))
+        wide.eval()
+        forward = float_forward(wide, wide_config, jnp.float64)
+
+    def run_x64(images_u8):
+        with jax.enable_x64(True):
+            return forward(images_u8)
+
+    return run_x64
+
+
 def model_predictions(
-    model: nnx.Module, config: ml_collections.ConfigDict, images_u8: np.ndarray, batch: int = 500
+    model: nnx.Module,
+    config: ml_collections.ConfigDict,
+    images_u8: np.ndarray,
+    batch: int = 500,
+    float64: bool = False,
 ) -> np.ndarray:
-    """The trained float32 model's predictions (eval mode) on uint8 images, ``batch`` at a time."""
-    forward = float_forward(model, config)
+    """The trained model's predictions (eval mode) on uint8 images, ``batch`` at a time: as it computes
+    them (float32), or with ``float64`` its exact value (``float64_forward``)."""
+    forward = (float64_forward if float64 else float_forward)(model, config)
     out = [
-        np.asarray(jnp.argmax(forward(jnp.asarray(images_u8[i : i + batch])), -1))
+        np.argmax(np.asarray(forward(jnp.asarray(images_u8[i : i + batch]))), -1)
         for i in range(0, len(images_u8), batch)
     ]
     return np.concatenate(out)

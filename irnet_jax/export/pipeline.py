@@ -143,9 +143,11 @@ def export_checkpoint(
     bench_batch: int = 0,
     formats: str = "onnx,qonnx",
     frac_bits: int = 0,
+    verify_float64: bool = False,
 ) -> dict[str, Any]:
     """Fold the ``which`` checkpoint of the run in ``checkpoint``, check the packed engine's (and each
-    graph's) predictions against the float model's on the first ``verify`` test images, and write the
+    graph's) predictions against the float model's on the first ``verify`` test images (with
+    ``verify_float64`` also against the model evaluated in float64, its exact value), and write the
     export folder to ``out`` with golden vectors of the first ``num_images`` test images and the
     ONNX/QONNX graphs of ``formats``; returns the manifest."""
     check_arguments(out, num_images, verify, bench_batch, frac_bits)
@@ -163,6 +165,10 @@ def export_checkpoint(
         "engine_test_accuracy": float(np.mean(engine == labels)),
         "model_test_accuracy": float(np.mean(reference == labels)),
     }
+    if verify_float64:
+        exact = model_predictions(model, config, images, float64=True)
+        verification["engine_equals_model_float64"] = float(np.mean(engine == exact))
+        verification["model_equals_model_float64"] = float(np.mean(reference == exact))
     if getattr(model, "frac_bits", 0):  # trained with residual_frac_bits: the model's own stream
         verification["model_stream_tensors_equal"] = stream_equal_layers(model, folded, images[:STREAM_CHECK_IMAGES])
         verification["model_stream_images"] = min(n, STREAM_CHECK_IMAGES)
