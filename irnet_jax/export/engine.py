@@ -99,7 +99,7 @@ def float64_forward(model: nnx.Module, config: ml_collections.ConfigDict) -> Cal
     prediction, up to ties closer than that."""
     wide_config = config.copy_and_resolve_references()
     with wide_config.unlocked():
-        wide_config.binary_conv_products, wide_config.half_precision = "float", False
+        wide_config.binary_conv_products = "float"
     widen = lambda v: jnp.asarray(v, jnp.float64) if jnp.issubdtype(v.dtype, jnp.floating) else v
     with jax.enable_x64(True):
         wide = build_model(wide_config, nnx.Rngs(0), dtype=jnp.float64)
