@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import resource
+import sys
 import tempfile
 import time
 from typing import Any
@@ -281,9 +282,11 @@ def run(
     trace_steps: int = 5,
     steps_per_call: tuple[int, ...] = (1,),
     loop_steps: int = 0,
+    row_fields: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Benchmark every (model, binary, dtype, (batch, eval batch)) combination; print each JSON line as it is
-    measured and the table at the end."""
+    measured and the table at the end. ``row_fields`` (e.g. the command's config overrides) are added to
+    every row."""
     rows = []
     for model in models or [config.model]:
         for is_binary in binary:
@@ -302,6 +305,7 @@ def run(
                         row = benchmark_row(
                             c, batch_size, eval_batch_size, steps, warmup, trace_dir, trace_steps, s, loop_steps
                         )
+                        row.update(row_fields or {})
                         rows.append(row)
                         line = json.dumps(row)
                         print(line, flush=True)
@@ -310,6 +314,17 @@ def run(
                                 f.write(line + "\n")
     print(format_table(rows), flush=True)
     return rows
+
+
+def config_overrides(args: list[str]) -> list[str]:
+    """The ``--config.<field>=<value>`` arguments of a command line, in order (a row records them, so
+    that rows of one file are told apart by what was changed); ``--config.f v`` is given as ``--config.f=v``."""
+    overrides = []
+    for i, a in enumerate(args):
+        if a.startswith("--config."):
+            separate_value = "=" not in a and i + 1 < len(args) and not args[i + 1].startswith("--")
+            overrides.append(f"{a}={args[i + 1]}" if separate_value else a)
+    return overrides
 
 
 def _parse_bool(s: str) -> bool:
@@ -341,6 +356,7 @@ def main(argv):
         FLAGS.trace_steps,
         steps_per_call,
         FLAGS.loop_steps,
+        {"config_overrides": config_overrides(sys.argv[1:])},
     )
 
 

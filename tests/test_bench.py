@@ -82,6 +82,7 @@ def test_bench_steps_per_call_rows_and_the_loop_rate(tmp_path, tfds_dir):
     # The training loop itself ran 9 steps per row (calls of 1, and of 3) on real MNIST.
     assert all(row["loop_steps"] == 9 and row["loop_train_images_per_second"] > 0 for row in rows)
     assert [row["loop_timed_steps"] for row in rows] == [8, 6]  # the first call (1, 3 steps) compiles: not timed
+    assert all(row["config_overrides"] == [f"--config.data_dir={tfds_dir}"] for row in rows)
     assert "loop img/s" in r.stdout
     bad = run_bench("--steps_per_call=0", timeout=300)
     assert bad.returncode != 0 and "--steps_per_call=[0] must be positive" in bad.stderr
@@ -138,3 +139,47 @@ def test_kernel_summary_reads_the_device_stream_timelines(tmp_path):
         "/device:GPU:0 Stream #13(Compute)": [10.0, 0.04],
         "/device:GPU:0 XLA Ops": [0.3, 0.033],
     }
+
+
+def test_config_overrides_are_the_config_arguments_of_a_command_line():
+    from irnet_jax.bench import config_overrides
+
+    args = ["--steps=2", "--config.binary_conv_products", "float", "--config.seed=3", "--config.binary", "--x"]
+    assert config_overrides(args) == ["--config.binary_conv_products=float", "--config.seed=3", "--config.binary"]
+
+
+def test_speed_table_reproduces_a_recorded_side_by_side_run():
+    """bench/speed_table.py on the raw lines of BENCHMARKS.md's Zen 4 run (2026-12-06): the official means
+    and the ratios that section quotes, rows labelled by what differs between them."""
+    from bench import speed_table
+
+    nets = speed_table.read_rows(REPO / "bench/results/2026-12-06_cpu2a_speed_popcount.jsonl")
+    assert list(nets) == ["resnet20", "vgg_small"]
+    assert nets["resnet20"].official_train == [412.34, 400.49, 390.33] and len(nets["vgg_small"].ours) == 2
+    table = speed_table.markdown(nets).splitlines()
+    assert len(table) == 2 + 4
+    assert table[2].startswith(
+        "| ResNet-20 1w1a | 412.3, 400.5, 390.3 (mean 401.1) | 1,591.6, 1,612.2, 1,599.4 (mean 1,601.1) |"
+    )
+    assert "| binary_conv_products=popcount | 428.6 (1.07x) | 442.1 | 5,410.5 (3.38x) |" in table[2]
+    assert "| binary_conv_products=float | 352.5 (0.88x) | 352.6 | 1,589.4 (0.99x) |" in table[3]
+    assert "| binary_conv_products=popcount | 50.4 (1.14x) | 50.1 | 436.5 (2.96x) |" in table[4]
+    assert "| binary_conv_products=float | 41.6 (0.94x) |" in table[5]
+
+
+def test_speed_table_labels_rows_by_their_overrides_and_refuses_unknown_rows(tmp_path):
+    from bench import speed_table
+
+    official = {"arch": "resnet20_1w1a", "train_img_s": 100.0, "eval_img_s": 400.0}
+    ours = {"model": "resnet20", "train_images_per_second": 90.0, "eval_images_per_second": 800.0}
+    rows = [official, {**ours, "config_overrides": []}, official, {**ours, "config_overrides": ["--config.seed=1"]}]
+    path = tmp_path / "speed.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    table = speed_table.markdown(speed_table.read_rows(path)).splitlines()
+    assert "| defaults | - | 90.0 | 800.0 (2.00x) |" in table[2]  # no loop rate in these rows
+    assert "| --config.seed=1 | - |" in table[3]
+    assert speed_table.variant_labels([ours, ours]) == ["run 1", "run 2"]
+    path.write_text(json.dumps({"arch": "alexnet", "train_img_s": 1, "eval_img_s": 1}) + "\n")
+    r = subprocess.run([sys.executable, "bench/speed_table.py", str(path)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "official arch 'alexnet' is not one of ['resnet20_1w1a', 'vgg_small_1w1a']" in r.stderr
+    assert "Traceback" not in r.stderr
