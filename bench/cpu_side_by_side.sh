@@ -53,14 +53,14 @@ last_row() {  # the newest row, short
 }
 official() {  # ARCH [harness options]
   "$W/torchvenv/bin/python" "$HARNESS" --src "$W/irnet_src" --mode bench --arch "$@" --json-out "$ROWS" \
-    >> "$OUT/log.txt" 2>&1 || { echo "official $1 failed (log.txt)" >&2; failed=1; }
+    >> "$OUT/log.txt" 2>&1 || { echo "official $1 failed (log.txt)" >&2; failed=1; return; }
   last_row
 }
 ours() {  # CONFIG BENCH_OPTIONS... [config overrides]
   local config=$1
   shift
   "$PY" -m irnet_jax.bench --config "configs/$config.py" --binary=true --dtypes=float32 --output "$ROWS" "$@" \
-    >> "$OUT/log.txt" 2>&1 || { echo "irnet_jax $config $* failed (log.txt)" >&2; failed=1; }
+    >> "$OUT/log.txt" 2>&1 || { echo "irnet_jax $config $* failed (log.txt)" >&2; failed=1; return; }
   last_row
 }
 side_by_side() {  # ARCH CONFIG "HARNESS OPTIONS" "BENCH OPTIONS"

@@ -21,8 +21,12 @@ import argparse
 import json
 import pathlib
 import statistics
+import sys
 from dataclasses import dataclass, field
 
+# The fields each kind of row must have.
+OFFICIAL_FIELDS = ("arch", "train_img_s", "eval_img_s")
+OURS_FIELDS = ("model", "train_images_per_second", "eval_images_per_second")
 # The official harness's ``arch`` -> irnet_jax's ``model``.
 ARCH_TO_MODEL = {"resnet20_1w1a": "resnet20", "vgg_small_1w1a": "vgg_small"}
 NET_NAMES = {"resnet20": "ResNet-20 1w1a", "vgg_small": "VGG-Small 1w1a"}
@@ -53,7 +57,13 @@ def read_rows(path: pathlib.Path) -> dict[str, NetRows]:
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not a JSON line ({e.msg})") from None
+        kind = OFFICIAL_FIELDS if "arch" in row else OURS_FIELDS if "model" in row else ()
+        if missing := [f for f in kind if f not in row]:
+            raise ValueError(f"{path}:{number}: the row has no {', '.join(missing)}")
         if "arch" in row:
             if row["arch"] not in ARCH_TO_MODEL:
                 raise ValueError(
@@ -124,11 +134,11 @@ def main() -> None:
     parser.add_argument("jsonl", type=pathlib.Path, help="the side-by-side run's JSON lines")
     path = parser.parse_args().jsonl
     if not path.is_file():
-        parser.error(f"{path} is not a file")
+        sys.exit(f"speed_table: {path} is not a file")
     try:
         print(markdown(read_rows(path)))
-    except (ValueError, KeyError) as e:
-        parser.error(f"{path}: {e}")
+    except ValueError as e:
+        sys.exit(f"speed_table: {e}")
 
 
 if __name__ == "__main__":
