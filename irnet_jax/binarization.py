@@ -59,8 +59,9 @@ def _ede_fwd(x, k, t):
 
 def _ede_bwd(res, g):
     x, k, t = res
-    # 1 - tanh(u)^2 == 1 / cosh(u)^2, written so float32 does not cancel to 0 for |u| > ~4.
-    grad = k * t * jnp.square(1.0 / jnp.cosh(t * x.astype(jnp.float32)))
+    # 1 - tanh(u)^2 == 4 e / (1 + e)^2 with e = exp(-2|u|): one exp, no cancellation for large |u|.
+    e = jnp.exp(-2.0 * jnp.abs(t * x.astype(jnp.float32)))
+    grad = (4.0 * k * t) * e / jnp.square(1.0 + e)
     return (g * grad.astype(g.dtype), _zero_cotangent(k), _zero_cotangent(t))
 
 

@@ -35,6 +35,19 @@ def test_ede_backward_matches_numpy_formula(k, t):
     np.testing.assert_array_equal(bz.ede_sign(jnp.asarray(x), k, t), np.where(x >= 0, 1.0, -1.0))
 
 
+def test_ede_backward_keeps_relative_precision_far_from_zero():
+    """Where ``tanh(t x)`` rounds to +-1 in float32 (|t x| > ~9), ``1 - tanh^2`` would cancel to 0; the
+    estimator's gradient keeps its float64 value to float32 precision, and is 0 (not NaN) past exp's range."""
+    u = np.concatenate([np.linspace(-40.0, -4.0, 50), np.linspace(4.0, 40.0, 50), [-1e4, 1e4]]).astype(np.float32)
+    k, t = 1.0, 10.0
+    gx, _, _ = _input_grad(bz.ede_sign, jnp.asarray(u / t), jnp.float32(k), jnp.float32(t), jnp.ones_like(u))
+    u64 = (u / np.float32(t)).astype(np.float64) * t
+    with np.errstate(over="ignore"):  # cosh(1e4) is inf in float64 too: the expected gradient is 0
+        expected = k * t / np.cosh(u64) ** 2
+    assert np.all(np.isfinite(np.asarray(gx)))
+    np.testing.assert_allclose(np.asarray(gx), expected, rtol=1e-5, atol=0)
+
+
 def test_ste_backward_is_clipped_identity():
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.uniform(-3, 3, 997), [-1.0, 1.0, 0.0]]).astype(np.float32)
