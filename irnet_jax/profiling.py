@@ -13,6 +13,7 @@ import glob
 import gzip
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +38,9 @@ def record_trace(fn: Callable[[], Any], steps: int, log_dir: str) -> str:
 
 
 def kernel_summary(trace_path: str, steps: int, steps_per_call: int = 1) -> dict[str, Any]:
-    """Kernel events per step, their summed time per step (ms, all devices together) and the
-    costliest kernel names, for a trace written by ``record_trace(fn, steps, ...)``: it holds
+    """Kernel events per step, their summed time per step (ms, all devices together), the
+    costliest kernel names and kinds (a name less its ``.N`` suffix: ``multiply_add_fusion.408`` is a
+    ``multiply_add_fusion``), for a trace written by ``record_trace(fn, steps, ...)``: it holds
     ``steps + 1`` calls (``pipelined_seconds`` completes one call before the back-to-back ones) of
     ``steps_per_call`` train steps each.
 
@@ -64,6 +66,7 @@ def kernel_summary(trace_path: str, steps: int, steps_per_call: int = 1) -> dict
     traced_steps = (steps + 1) * steps_per_call
     per_timeline: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
     by_name: collections.Counter = collections.Counter()
+    by_kind: collections.Counter = collections.Counter()
     n_kernels, kernel_us = 0, 0.0
     for e in complete:
         key = (e["pid"], e["tid"])
@@ -75,10 +78,12 @@ def kernel_summary(trace_path: str, steps: int, steps_per_call: int = 1) -> dict
             n_kernels += 1
             kernel_us += e["dur"]
             by_name[e["name"]] += e["dur"]
+            by_kind[re.sub(r"\.\d+$", "", e["name"])] += e["dur"]
     return {
         "trace_path": trace_path,
         "trace_kernel_events_per_step": n_kernels / traced_steps,
         "trace_kernel_ms_per_step": kernel_us / 1e3 / traced_steps,
         "trace_top_kernels": [(name, round(us / 1e3 / traced_steps, 3)) for name, us in by_name.most_common(8)],
+        "trace_top_kernel_kinds": [(kind, round(us / 1e3 / traced_steps, 3)) for kind, us in by_kind.most_common(12)],
         "trace_timelines": {name: [round(n, 1), round(ms, 3)] for name, (n, ms) in sorted(per_timeline.items())},
     }

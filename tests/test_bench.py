@@ -125,6 +125,7 @@ def test_kernel_summary_reads_the_device_stream_timelines(tmp_path):
         {"ph": "M", "pid": 2, "tid": 20, "name": "thread_name", "args": {"name": "python"}},
     ]
     kernels = [{"ph": "X", "pid": 1, "tid": 10, "name": f"fusion_{i % 3}", "ts": 10 * i, "dur": 4} for i in range(30)]
+    kernels += [{"ph": "X", "pid": 1, "tid": 10, "name": f"add_fusion.{i}", "ts": 300 + i, "dur": 1} for i in range(9)]
     others = [
         {"ph": "X", "pid": 1, "tid": 11, "name": "fusion.1", "ts": 0, "dur": 100},
         {"ph": "X", "pid": 2, "tid": 20, "name": "PjitFunction", "ts": 0, "dur": 500},
@@ -133,12 +134,17 @@ def test_kernel_summary_reads_the_device_stream_timelines(tmp_path):
     with gzip.open(path, "wt") as f:
         json.dump({"traceEvents": meta + kernels + others}, f)
     s = kernel_summary(str(path), steps=2)  # 3 calls
-    assert s["trace_kernel_events_per_step"] == 10 and s["trace_kernel_ms_per_step"] == 0.04
+    assert s["trace_kernel_events_per_step"] == 13 and s["trace_kernel_ms_per_step"] == pytest.approx(0.043)
     per_call_of_5 = kernel_summary(str(path), steps=2, steps_per_call=5)  # 3 calls of 5 train steps
-    assert per_call_of_5["trace_kernel_events_per_step"] == 2 and per_call_of_5["trace_kernel_ms_per_step"] == 0.008
-    assert [name for name, _ in s["trace_top_kernels"]] == ["fusion_0", "fusion_1", "fusion_2"]
+    assert per_call_of_5["trace_kernel_events_per_step"] == 2.6 and per_call_of_5[
+        "trace_kernel_ms_per_step"
+    ] == pytest.approx(0.0086)
+    assert [name for name, _ in s["trace_top_kernels"][:3]] == ["fusion_0", "fusion_1", "fusion_2"]
+    # the 9 add_fusion.N (1 us each) are one kind of 3 us per step; fusion_K has no .N suffix
+    kinds = [("fusion_0", 0.013), ("fusion_1", 0.013), ("fusion_2", 0.013), ("add_fusion", 0.003)]
+    assert s["trace_top_kernel_kinds"] == kinds  # ms per step, rounded to 3 decimals
     assert s["trace_timelines"] == {
-        "/device:GPU:0 Stream #13(Compute)": [10.0, 0.04],
+        "/device:GPU:0 Stream #13(Compute)": [13.0, 0.043],
         "/device:GPU:0 XLA Ops": [0.3, 0.033],
     }
 
