@@ -1,9 +1,12 @@
-"""Three ways to write the XNOR-popcount sums of one 3x3 conv (stride 1, zero padding 1), timed side by
+"""Five ways to write the XNOR-popcount sums of one 3x3 conv (stride 1, zero padding 1), timed side by
 side in one run: ``sign_conv.popcount_sums`` (one elementwise term per tap and word, packed weights
 word-major ``[words, C_out]``), the same with the packed weights made ``[C_out, words]`` and transposed
-inside the jit, and a reduction over a ``[..., words, C_out]`` axis. All three must give the int8
-conv's sums. ms per call on this backend, the best of ``--rounds`` interleaved rounds (the first timed
-call of a process runs slow); one JSON line per shape.
+inside the jit, a reduction over a ``[..., words, C_out]`` axis, and two forms meant for CPUs without a
+vector popcount instruction (AVX2 only): per-byte counts by bit tricks on the uint32 words, summed over
+up to 31 words before one horizontal byte sum ("SWAR"), and ``population_count`` on the words' bytes
+(uint8 lanes) summed in uint8 over up to 31 bytes. All five must give the int8 conv's sums. ms per call
+on this backend, the best of ``--rounds`` interleaved rounds (the first timed call of a process runs
+slow); one JSON line per shape.
 
     PYTHONPATH=. python bench/popcount_forms.py [--shapes 128x32x16,64x32x128] [--calls 5]
 """
@@ -42,10 +45,65 @@ def word_axis_reduction(x, w):
     return 9 * w.shape[2] - 2 * p + sign_conv.border_table(w, x.shape[1:3], 1, 1)
 
 
+M1, M2, M4, M8 = (np.uint32(v) for v in (0x55555555, 0x33333333, 0x0F0F0F0F, 0x00FF00FF))
+MAX_BYTE_TERMS = 31  # 31 counts of <= 8 fit a byte
+
+
+def _byte_counts(x):
+    """uint32 -> the popcount of each of its 4 bytes, in that byte."""
+    x = x - ((x >> 1) & M1)
+    x = (x & M2) + ((x >> 2) & M2)
+    return (x + (x >> 4)) & M4
+
+
+def _byte_sum(acc):
+    """uint32 of 4 byte counts -> their sum (int32)."""
+    acc = (acc & M8) + ((acc >> 8) & M8)
+    return ((acc + (acc >> 16)) & np.uint32(0xFFFF)).astype(jnp.int32)
+
+
+def _grouped_sum(terms, count, finish):
+    """``sum_g finish(sum of the terms of group g)``, groups of ``MAX_BYTE_TERMS`` terms."""
+    total = 0
+    for start in range(0, len(terms), MAX_BYTE_TERMS):
+        group = [count(t) for t in terms[start : start + MAX_BYTE_TERMS]]
+        total = total + finish(sum(group[1:], group[0]))
+    return total
+
+
+def _with_taps(x, w, popcount_xor):
+    a, b = _packed(x, w)
+    p = popcount_xor(sign_conv.packed_taps(a, 3, 3, 1), b.reshape(-1, w.shape[3]))
+    return 9 * w.shape[2] - 2 * p + sign_conv.border_table(w, x.shape[1:3], 1, 1)
+
+
+def swar_byte_counts(x, w):
+    def popcount_xor(parts, words_major):
+        words = [part[..., j : j + 1] for part in parts for j in range(part.shape[-1])]
+        return _grouped_sum([a ^ words_major[i] for i, a in enumerate(words)], _byte_counts, _byte_sum)
+
+    return _with_taps(x, w, popcount_xor)
+
+
+def uint8_lanes(x, w):
+    def as_bytes(words):
+        return jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(*words.shape[:-1], -1)
+
+    def popcount_xor(parts, words_major):
+        rows = as_bytes(words_major.T).T  # [4 words (their bytes), C_out] uint8
+        words = [part[..., j : j + 1] for part in map(as_bytes, parts) for j in range(part.shape[-1])]
+        terms = [a ^ rows[i] for i, a in enumerate(words)]
+        return _grouped_sum(terms, jax.lax.population_count, lambda acc: acc.astype(jnp.int32))
+
+    return _with_taps(x, w, popcount_xor)
+
+
 FORMS = {
     "per_word_terms_ms": lambda x, w: sign_conv.popcount_sums(x, w, 1, 1),
     "transposed_weights_ms": transposed_weights,
     "word_axis_reduction_ms": word_axis_reduction,
+    "swar_byte_counts_ms": swar_byte_counts,
+    "uint8_lanes_ms": uint8_lanes,
 }
 
 

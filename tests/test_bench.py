@@ -195,3 +195,24 @@ def test_speed_table_labels_rows_by_their_overrides_and_refuses_unknown_rows(tmp
     path.write_text(json.dumps({"model": "resnet20", "eval_images_per_second": 1.0}) + "\n")
     with pytest.raises(ValueError, match=r"speed.jsonl:1: the row has no train_images_per_second$"):
         speed_table.read_rows(path)
+
+
+def test_every_popcount_form_gives_the_int8_convs_sums():
+    """bench/popcount_forms.py's forms, each against XLA's int8 conv, with 128 channels: 36 words a
+    position, more than one group of 31 byte counts (SWAR) and of 31 bytes (uint8 lanes), on random
+    signs and on signs whose every XOR bit is set (a group of 32 would overflow its bytes)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from bench import popcount_forms
+    from irnet_jax import sign_conv
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(np.where(rng.standard_normal((2, 5, 5, 128)) >= 0, 1.0, -1.0), jnp.float32)
+    w = jnp.asarray(np.where(rng.standard_normal((3, 3, 128, 8)) >= 0, 1.0, -1.0), jnp.float32)
+    mismatched = (jnp.ones_like(x), -jnp.ones_like(w))  # every bit of every XOR set: the largest counts
+    assert len(popcount_forms.FORMS) == 5
+    for signs, weights in [(x, w), mismatched]:
+        expected = np.asarray(sign_conv.int8_sums(signs, weights, 1, 1))
+        for name, form in popcount_forms.FORMS.items():
+            np.testing.assert_array_equal(np.asarray(form(signs, weights)), expected, err_msg=name)
