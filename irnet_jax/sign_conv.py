@@ -18,7 +18,9 @@ to compute it (``PRODUCTS``):
                                                              sum_c sign(w[tap, c, o]),
 
   ``B`` a ``[H', W', C_out]`` border table (``border_table``); the unused high bits of a word are 0 in
-  both operands and add nothing.
+  both operands and add nothing. With ``C_in <= 16`` a tap uses at most half a word, so ``32 // C_in``
+  consecutive taps share one (``merge_tap_words``: 5 words instead of 9 for a 3x3 conv of 16 channels);
+  the same bits meet in the XOR, so ``D`` is unchanged.
 
 ``D`` multiplied by ``s_o`` once, in float32, is the float32 conv's own result whenever that one is
 exact (``s_o`` a power of two, Libra-PB's scale, and ``|D| < 2**24``); for any other ``s_o`` it is
@@ -117,6 +119,25 @@ def packed_taps(words: Array, kh: int, kw: int, strides: int) -> list[Array]:
     ]
 
 
+def merge_tap_words(taps: Sequence[Array], rows: Array, bits: int) -> tuple[list[Array], Array]:
+    """Taps of one word each, ``taps[t]`` ``[..., 1]`` and ``rows[t]`` ``[C_out]`` uint32 using only their
+    low ``bits`` bits -> ``ceil(T / n)`` words, ``n = 32 // bits``: tap ``t`` moves to word ``t // n`` at
+    bit offset ``bits * (t % n)`` on both sides, so ``sum_t popcount(taps[t] XOR rows[t])`` is the same
+    sum over fewer words. Returns the words (``[..., 1]`` each) and their rows ``[ceil(T / n), C_out]``."""
+    if not 0 < bits <= 16:
+        raise ValueError(f"taps of {bits} bits do not share a uint32 word")
+    n = 32 // bits
+    words, merged_rows = [], []
+    for start in range(0, len(taps), n):
+        word, row = taps[start], rows[start]
+        for t in range(start + 1, min(start + n, len(taps))):
+            shift = jnp.uint32(bits * (t - start))
+            word, row = word | (taps[t] << shift), row | (rows[t] << shift)
+        words.append(word)
+        merged_rows.append(row)
+    return words, jnp.stack(merged_rows)
+
+
 def border_table(w: Array, in_hw: tuple[int, int], strides: int, pad: int) -> Array:
     """``B[h, w, o]`` (int32 ``[H', W', C_out]``): sum over the zero-padding taps of output position
     ``(h, w)`` of ``sum_c sign(w[tap, c, o])`` (module docstring; ``sign(w) = +1`` iff ``w > 0``, as the
@@ -138,7 +159,10 @@ def popcount_sums(x: Array, w: Array, strides: int, pad: int) -> Array:
     a = pack_bits_u32(x > 0)  # [B, H, W, Wd]
     a = jnp.pad(a, ((0, 0), (pad, pad), (pad, pad), (0, 0)))  # bits 0: -1, corrected by the border table
     b = jnp.moveaxis(pack_bits_u32(jnp.moveaxis(w > 0, 2, 3)), 3, 2)  # [kh, kw, Wd, C_out]
-    p = packed_popcount_xor(packed_taps(a, kh, kw, strides), b.reshape(-1, c_out))
+    taps, rows = packed_taps(a, kh, kw, strides), b.reshape(-1, c_out)
+    if c_in <= 16:
+        taps, rows = merge_tap_words(taps, rows, c_in)
+    p = packed_popcount_xor(taps, rows)
     d = kh * kw * c_in - 2 * p
     return d + border_table(w, x.shape[1:3], strides, pad) if pad else d
 

@@ -161,6 +161,7 @@ def test_binary_conv_bad_input_shape_names_expected_shape():
 
 CONV_CASES = [(3, 1, 1, 5, 0.25), (3, 2, 1, 8, 2.0**-7), (1, 2, 0, 4, 1.0), (5, 1, 2, 3, 4.0), (3, 1, 1, 6, 0.3)]
 CONV_CASES += [(3, 2, 1, 37, 0.5), (3, 1, 0, 64, 2.0)]  # two uint32 words, one partly used; no padding
+CONV_CASES += [(3, 1, 1, 16, 0.5), (3, 2, 1, 11, 1.0)]  # 2 taps a word (ResNet-20's stage 1); 2 of 11 bits
 
 
 @pytest.mark.parametrize("products", ["int8", "popcount"])
@@ -198,6 +199,25 @@ def test_sign_conv_products_any_channel_scale_are_the_exact_sum_rounded_once(pro
     y = np.asarray(jax.jit(lambda a, b: sign_conv.PRODUCTS[products](a, b, 1, 1))(x, signs * scales))
     d = np.asarray(sign_conv.float_conv(x, signs, 1, 1)).astype(np.int64)  # +-1 products: exact
     np.testing.assert_array_equal(y, (d * np.asarray(scales, np.float64)).astype(np.float32))
+
+
+def test_merge_tap_words_puts_n_taps_in_a_word_at_their_bit_offsets():
+    """9 taps of 16 bits -> 5 words (tap t at bits 16 (t % 2)), 9 of 5 bits -> 2 words (6 and 3 taps);
+    the XOR-popcount over the merged words is the one over the taps."""
+    rng = np.random.default_rng(0)
+    for bits, n_words in [(16, 5), (5, 2)]:
+        taps = [jnp.asarray(rng.integers(0, 2**bits, (3, 1)), jnp.uint32) for _ in range(9)]
+        rows = jnp.asarray(rng.integers(0, 2**bits, (9, 4)), jnp.uint32)
+        words, merged = sign_conv.merge_tap_words(taps, rows, bits)
+        assert len(words) == n_words and merged.shape == (n_words, 4)
+        n = 32 // bits
+        np.testing.assert_array_equal(np.asarray(words[1] >> bits * 1 & (2**bits - 1)), np.asarray(taps[n + 1]))
+        np.testing.assert_array_equal(
+            np.asarray(sign_conv.packed_popcount_xor(words, merged)),
+            np.asarray(sign_conv.packed_popcount_xor(taps, rows)),
+        )
+    with pytest.raises(ValueError, match="taps of 17 bits do not share a uint32 word"):
+        sign_conv.merge_tap_words(taps, rows, 17)
 
 
 def test_popcount_sums_bfloat16_and_border_table():
