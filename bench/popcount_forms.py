@@ -1,12 +1,13 @@
-"""Five ways to write the XNOR-popcount sums of one 3x3 conv (stride 1, zero padding 1), timed side by
+"""Six ways to write the XNOR-popcount sums of one 3x3 conv (stride 1, zero padding 1), timed side by
 side in one run: ``sign_conv.popcount_sums`` (one elementwise term per tap and word, packed weights
-word-major ``[words, C_out]``), the same with the packed weights made ``[C_out, words]`` and transposed
-inside the jit, a reduction over a ``[..., words, C_out]`` axis, and two forms meant for CPUs without a
-vector popcount instruction (AVX2 only): per-byte counts by bit tricks on the uint32 words, summed over
-up to 31 words before one horizontal byte sum ("SWAR"), and ``population_count`` on the words' bytes
-(uint8 lanes) summed in uint8 over up to 31 bytes. All five must give the int8 conv's sums. ms per call
-on this backend, the best of ``--rounds`` interleaved rounds (the first timed call of a process runs
-slow); one JSON line per shape.
+word-major ``[words, C_out]``, taps of <= 16 channels sharing words), the same with one tap a word
+(as before 30364bf), with the packed weights made ``[C_out, words]`` and transposed inside the jit, a
+reduction over a ``[..., words, C_out]`` axis, and two forms meant for CPUs without a vector popcount
+instruction (AVX2 only): per-byte counts by bit tricks on the uint32 words, summed over up to 31 words
+before one horizontal byte sum ("SWAR"), and ``population_count`` on the words' bytes (uint8 lanes)
+summed in uint8 over up to 31 bytes. All six must give the int8 conv's sums. ms per call on this
+backend, the best of ``--rounds`` interleaved rounds (the first timed call of a process runs slow); one
+JSON line per shape.
 
     PYTHONPATH=. python bench/popcount_forms.py [--shapes 128x32x16,64x32x128] [--calls 5]
 """
@@ -29,6 +30,12 @@ def _packed(x, w):
     a = jnp.pad(sign_conv.pack_bits_u32(x > 0), ((0, 0), (1, 1), (1, 1), (0, 0)))
     b = jnp.moveaxis(sign_conv.pack_bits_u32(jnp.moveaxis(w > 0, 2, 3)), 3, 2)
     return a, b
+
+
+def one_tap_a_word(x, w):
+    a, b = _packed(x, w)
+    p = sign_conv.packed_popcount_xor(sign_conv.packed_taps(a, 3, 3, 1), b.reshape(-1, w.shape[3]))
+    return 9 * w.shape[2] - 2 * p + sign_conv.border_table(w, x.shape[1:3], 1, 1)
 
 
 def transposed_weights(x, w):
@@ -100,6 +107,7 @@ def uint8_lanes(x, w):
 
 FORMS = {
     "per_word_terms_ms": lambda x, w: sign_conv.popcount_sums(x, w, 1, 1),
+    "one_tap_a_word_ms": one_tap_a_word,
     "transposed_weights_ms": transposed_weights,
     "word_axis_reduction_ms": word_axis_reduction,
     "swar_byte_counts_ms": swar_byte_counts,

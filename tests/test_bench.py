@@ -211,7 +211,7 @@ def test_every_popcount_form_gives_the_int8_convs_sums():
     x = jnp.asarray(np.where(rng.standard_normal((2, 5, 5, 128)) >= 0, 1.0, -1.0), jnp.float32)
     w = jnp.asarray(np.where(rng.standard_normal((3, 3, 128, 8)) >= 0, 1.0, -1.0), jnp.float32)
     mismatched = (jnp.ones_like(x), -jnp.ones_like(w))  # every bit of every XOR set: the largest counts
-    assert len(popcount_forms.FORMS) == 5
+    assert len(popcount_forms.FORMS) == 6
     for signs, weights in [(x, w), mismatched]:
         expected = np.asarray(sign_conv.int8_sums(signs, weights, 1, 1))
         for name, form in popcount_forms.FORMS.items():
