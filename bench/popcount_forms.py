@@ -32,10 +32,15 @@ def _packed(x, w):
     return a, b
 
 
-def one_tap_a_word(x, w):
+def _with_taps(x, w, popcount_xor):
+    """The sums with ``popcount_xor(taps, rows)`` over one tap a word (the taps never merged)."""
     a, b = _packed(x, w)
-    p = sign_conv.packed_popcount_xor(sign_conv.packed_taps(a, 3, 3, 1), b.reshape(-1, w.shape[3]))
+    p = popcount_xor(sign_conv.packed_taps(a, 3, 3, 1), b.reshape(-1, w.shape[3]))
     return 9 * w.shape[2] - 2 * p + sign_conv.border_table(w, x.shape[1:3], 1, 1)
+
+
+def one_tap_a_word(x, w):
+    return _with_taps(x, w, sign_conv.packed_popcount_xor)
 
 
 def transposed_weights(x, w):
@@ -76,12 +81,6 @@ def _grouped_sum(terms, count, finish):
         group = [count(t) for t in terms[start : start + MAX_BYTE_TERMS]]
         total = total + finish(sum(group[1:], group[0]))
     return total
-
-
-def _with_taps(x, w, popcount_xor):
-    a, b = _packed(x, w)
-    p = popcount_xor(sign_conv.packed_taps(a, 3, 3, 1), b.reshape(-1, w.shape[3]))
-    return 9 * w.shape[2] - 2 * p + sign_conv.border_table(w, x.shape[1:3], 1, 1)
 
 
 def swar_byte_counts(x, w):
