@@ -161,7 +161,7 @@ def test_binary_conv_bad_input_shape_names_expected_shape():
 
 CONV_CASES = [(3, 1, 1, 5, 0.25), (3, 2, 1, 8, 2.0**-7), (1, 2, 0, 4, 1.0), (5, 1, 2, 3, 4.0), (3, 1, 1, 6, 0.3)]
 CONV_CASES += [(3, 2, 1, 37, 0.5), (3, 1, 0, 64, 2.0)]  # two uint32 words, one partly used; no padding
-CONV_CASES += [(3, 1, 1, 16, 0.5), (3, 2, 1, 11, 1.0)]  # 2 taps a word (ResNet-20's stage 1); 2 of 11 bits
+CONV_CASES += [(3, 1, 1, 16, 0.5), (3, 2, 1, 11, 1.0)]  # 2 taps a word: 16 channels (stage 1), 11 (22 bits)
 
 
 @pytest.mark.parametrize("products", ["int8", "popcount"])
@@ -211,7 +211,7 @@ def test_merge_tap_words_puts_n_taps_in_a_word_at_their_bit_offsets():
         words, merged = sign_conv.merge_tap_words(taps, rows, bits)
         assert len(words) == n_words and merged.shape == (n_words, 4)
         n = 32 // bits
-        np.testing.assert_array_equal(np.asarray(words[1] >> bits * 1 & (2**bits - 1)), np.asarray(taps[n + 1]))
+        np.testing.assert_array_equal(np.asarray(words[1] >> bits & (2**bits - 1)), np.asarray(taps[n + 1]))
         np.testing.assert_array_equal(
             np.asarray(sign_conv.packed_popcount_xor(words, merged)),
             np.asarray(sign_conv.packed_popcount_xor(taps, rows)),
