@@ -47,7 +47,7 @@ def test_bench_cli_tiny_mode(tmp_path):
     out = tmp_path / "rows.jsonl"
     r = run_bench(
         "--binary=true,false",
-        "--dtypes=float32,bfloat16",
+        "--dtypes=bfloat16",  # float32: the other tests' row
         "--batch_size=8,16",
         "--eval_batch_size=8",
         "--steps=2",
@@ -57,7 +57,7 @@ def test_bench_cli_tiny_mode(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     assert [(row["binary"], row["dtype"], row["batch_size"]) for row in rows] == [
-        (b, d, n) for b in (True, False) for d in ("float32", "bfloat16") for n in (8, 16)
+        (b, "bfloat16", n) for b in (True, False) for n in (8, 16)
     ]
     for row in rows:
         assert FIELDS <= set(row), FIELDS - set(row)

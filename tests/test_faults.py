@@ -16,7 +16,8 @@ from test_trainer import snapshot, tiny_config  # the MNIST net on 2,048 images;
 
 from irnet_jax import checkpointing as ckpt
 from irnet_jax import trainer
-from irnet_jax.errors import Diverged
+from irnet_jax.errors import ConfigError, Diverged
+from irnet_jax.export.pipeline import check_arguments
 from irnet_jax.train_state import create_train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -144,6 +145,8 @@ def test_export_and_bench_mistakes_are_one_line(tmp_path, finished_run):
     assert_one_line_error(r, "formats='onnx,tflite' is not allowed: choose from ['onnx', 'qonnx']", prog)
     r = run_command([*export, f"--out={tmp_path / 'e'}", "--frac_bits=30"], REPO)
     assert_one_line_error(r, "frac_bits=30 is not allowed: must be 0 (the model's own, else 24) or in [1, 26]", prog)
+    with pytest.raises(ConfigError, match=r"^finn_images=-1 is not allowed: must be >= 0"):
+        check_arguments(str(tmp_path / "e"), 4, 10, 0, 0, finn_images=-1)  # the CLI's check, in process
     assert not (tmp_path / "e").exists()
     r = run_command(["-m", "irnet_jax.bench", "--config=configs/smoke.py", "--binary=maybe"], REPO)
     assert_one_line_error(r, "--binary takes true/false values, got 'maybe'", "python -m irnet_jax.bench")

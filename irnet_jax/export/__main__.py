@@ -30,6 +30,12 @@ flags.DEFINE_bool(
     False,
     "Also compare the engine and the float32 model with the model evaluated in float64 (its exact value; slow).",
 )
+flags.DEFINE_integer(
+    "finn_images",
+    16,
+    "Test images on which each FINN frontend step's QONNX graph is checked (batch 1, node by node: "
+    "minutes on a ResNet); 0: no FINN check.",
+)
 flags.mark_flags_as_required(["checkpoint", "out"])
 
 
@@ -47,6 +53,7 @@ def main(argv):
         FLAGS.formats,
         FLAGS.frac_bits,
         FLAGS.verify_float64,
+        FLAGS.finn_images,
     )
     print(json.dumps({"out": FLAGS.out, **manifest["verification"], **manifest["size_bytes"]}))
 

@@ -32,7 +32,7 @@ GRAPH_FORMATS = ("onnx", "qonnx")
 GRAPH_FILES = {"onnx": "model.onnx", "qonnx": "model.qonnx.onnx"}
 PACKAGES = {"onnx": ("onnx", "onnxruntime"), "qonnx": ("onnx", "onnxruntime", "qonnx")}
 STREAM_CHECK_IMAGES = 1000  # images whose every stream tensor is compared with the model's own
-FINN_CHECK_IMAGES = 16  # the FINN steps' graphs run image by image (batch 1)
+DEFAULT_FINN_IMAGES = 16  # the FINN steps' graphs run image by image (batch 1), node by node
 FRAC_BITS_RANGE = (
     1,
     26,
@@ -56,12 +56,16 @@ def parse_formats(formats: str) -> tuple[str, ...]:
     return names
 
 
-def check_arguments(out: str, num_images: int, verify: int, bench_batch: int, frac_bits: int) -> None:
+def check_arguments(
+    out: str, num_images: int, verify: int, bench_batch: int, frac_bits: int, finn_images: int = DEFAULT_FINN_IMAGES
+) -> None:
     """``ConfigError`` for an impossible count or an ``out`` that is a file or a non-empty folder."""
     if not 0 <= num_images <= MAX_GOLDEN_IMAGES:
         raise ConfigError(f"num_images={num_images} is not allowed: must be in [0, {MAX_GOLDEN_IMAGES}]")
     if verify < 1:
         raise ConfigError(f"verify={verify} is not allowed: must be >= 1 (test images checked)")
+    if finn_images < 0:
+        raise ConfigError(f"finn_images={finn_images} is not allowed: must be >= 0 (0: no FINN frontend check)")
     if bench_batch < 0:
         raise ConfigError(f"bench_batch={bench_batch} is not allowed: must be >= 0 (0: no timing)")
     lo, hi = FRAC_BITS_RANGE
@@ -144,13 +148,15 @@ def export_checkpoint(
     formats: str = "onnx,qonnx",
     frac_bits: int = 0,
     verify_float64: bool = False,
+    finn_images: int = DEFAULT_FINN_IMAGES,
 ) -> dict[str, Any]:
     """Fold the ``which`` checkpoint of the run in ``checkpoint``, check the packed engine's (and each
     graph's) predictions against the float model's on the first ``verify`` test images (with
     ``verify_float64`` also against the model evaluated in float64, its exact value), and write the
     export folder to ``out`` with golden vectors of the first ``num_images`` test images and the
-    ONNX/QONNX graphs of ``formats``; returns the manifest."""
-    check_arguments(out, num_images, verify, bench_batch, frac_bits)
+    ONNX/QONNX graphs of ``formats``, the FINN frontend steps run on the QONNX graph for the first
+    ``finn_images`` of them (image by image: the slowest check on a large net); returns the manifest."""
+    check_arguments(out, num_images, verify, bench_batch, frac_bits, finn_images)
     graph_formats = parse_formats(formats)
     model, config, step = load_model(checkpoint, which)
     folded = fold(model, config, frac_bits)
@@ -175,8 +181,8 @@ def export_checkpoint(
     graphs = build_graphs(folded, graph_formats)
     verification.update(verify_graphs(folded, graphs, images, labels, engine, min(num_images, n)))
     extra: dict[str, Any] = {"verification": verification}
-    if "qonnx" in graphs:
-        extra["finn_frontend"] = finn_check(folded, graphs["qonnx"], images[:FINN_CHECK_IMAGES], engine)
+    if "qonnx" in graphs and finn_images:
+        extra["finn_frontend"] = finn_check(folded, graphs["qonnx"], images[:finn_images], engine)
     if bench_batch > 0:
         extra["throughput"] = benchmark_engine(folded, model, config, test.images[:bench_batch])
         extra["throughput"].update(graph_throughput(folded, graphs, test.images[:bench_batch]))
