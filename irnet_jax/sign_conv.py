@@ -162,7 +162,9 @@ def popcount_sums(x: Array, w: Array, strides: int, pad: int) -> Array:
     taps, rows = packed_taps(a, kh, kw, strides), b.reshape(-1, c_out)
     if c_in <= 16:
         taps, rows = merge_tap_words(taps, rows, c_in)
-    p = packed_popcount_xor(taps, rows)
+    # Stored once (kept where runtime.compiler_options keeps barriers): XLA:CPU would otherwise repeat the
+    # tap merge and the popcounts inside every fusion that reads the sums (BENCHMARKS.md).
+    p = jax.lax.optimization_barrier(packed_popcount_xor(taps, rows))
     d = kh * kw * c_in - 2 * p
     return d + border_table(w, x.shape[1:3], strides, pad) if pad else d
 

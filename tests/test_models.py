@@ -181,6 +181,38 @@ def test_materialized_residual_stream_is_not_recomputed(block):
     np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-5)
 
 
+def _fusions_computing(hlo: str, op: str) -> int:
+    """In optimized HLO text: how many fusions of the entry computation compute ``op`` in their body."""
+    bodies = dict(re.findall(r"^(?:ENTRY )?%?(\S+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
+    entry = hlo[hlo.index("\nENTRY") :]
+    called = re.findall(r"^\s*%\S+ = \S+ fusion\(.*calls=%(\S+?)[,\s]", entry, re.M)
+    return sum(f" {op}(" in bodies.get(name, "") for name in called)
+
+
+def test_popcount_sums_are_computed_once_per_conv_in_the_train_step():
+    """With the trainer's CPU compile options a popcount conv's sums are computed in one fusion and
+    stored: the forward's consumers (BatchNorm statistics, its output, the backward's recomputations)
+    read them instead of each repeating the tap merge and the popcounts."""
+    model = models.create_model(
+        "resnet20",
+        input_shape=(32, 32, 3),
+        num_classes=10,
+        rngs=nnx.Rngs(0),
+        materialize_residuals=True,
+        binary_conv_products="popcount",
+    )
+    convs = [m for _, m in nnx.iter_modules(model) if isinstance(m, BinaryConv) and m.products == "popcount"]
+    graphdef, state = nnx.split(model)
+
+    def loss(s, x):
+        return jnp.mean(jnp.square(nnx.merge(graphdef, s)(x)))
+
+    grad = jax.jit(jax.grad(loss), compiler_options={"xla_disable_hlo_passes": "cse_barrier_expander"})
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    hlo = grad.lower(state, x).compile().as_text()
+    assert len(convs) == 18 and _fusions_computing(hlo, "popcnt") == len(convs)
+
+
 @pytest.mark.parametrize("products", ["int8", "popcount"])
 @pytest.mark.parametrize("name", ["resnet20", "vgg_small", "mnistnet"])
 def test_binary_conv_products_change_no_number(name, products):
