@@ -28,11 +28,14 @@ the exact value rounded once. Either way the result is cast to ``x.dtype``. ``"p
 ``x`` holds signs (``x > 0`` is +1), ``"int8"`` also takes 0s anywhere; other inputs need ``"float"``.
 
 The backward pass is the float convolution's (``jax.vjp`` of ``conv(x, w)`` in ``x.dtype``): only
-the forward products change. ``x: [B, H, W, C_in]`` NHWC, ``w: [kh, kw, C_in, C_out]`` HWIO.
+the forward products change. ``"popcount"`` keeps ``x`` for it as the packed bits (``pack_signs``),
+``x = unpack_signs(bits)``: the weight gradient reads 1 bit an entry instead of a float.
+``x: [B, H, W, C_in]`` NHWC, ``w: [kh, kw, C_in, C_out]`` HWIO.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -153,10 +156,21 @@ def border_table(w: Array, in_hw: tuple[int, int], strides: int, pad: int) -> Ar
     return jnp.round(table).astype(jnp.int32)
 
 
-def popcount_sums(x: Array, w: Array, strides: int, pad: int) -> Array:
-    """``D`` (int32) by XNOR-popcount of packed sign bits (module docstring); ``x`` holds signs."""
+def pack_signs(x: Array) -> Array:
+    """Signs ``x`` ``[..., C]`` -> their bits ``[..., ceil(C/32)]`` uint32 (``pack_bits_u32``; ``x > 0`` is 1)."""
+    return pack_bits_u32(x > 0)
+
+
+def unpack_signs(words: Array, channels: int, dtype) -> Array:
+    """``pack_signs``'s inverse: ``[..., Wd]`` uint32 -> ``[..., channels]`` of ``+-1`` in ``dtype``."""
+    index = jnp.arange(channels, dtype=jnp.uint32)
+    word = words[..., 0:1] if words.shape[-1] == 1 else jnp.repeat(words, 32, axis=-1)[..., :channels]
+    return jnp.where((word >> (index % 32)) & 1 == 1, 1, -1).astype(dtype)
+
+
+def packed_popcount_sums(a: Array, w: Array, in_hw: tuple[int, int], strides: int, pad: int) -> Array:
+    """``D`` (int32) by XNOR-popcount (module docstring) of the packed input bits ``a = pack_signs(x)``."""
     kh, kw, c_in, c_out = w.shape
-    a = pack_bits_u32(x > 0)  # [B, H, W, Wd]
     a = jnp.pad(a, ((0, 0), (pad, pad), (pad, pad), (0, 0)))  # bits 0: -1, corrected by the border table
     b = jnp.moveaxis(pack_bits_u32(jnp.moveaxis(w > 0, 2, 3)), 3, 2)  # [kh, kw, Wd, C_out]
     taps, rows = packed_taps(a, kh, kw, strides), b.reshape(-1, c_out)
@@ -166,36 +180,58 @@ def popcount_sums(x: Array, w: Array, strides: int, pad: int) -> Array:
     # tap merge and the popcounts inside every fusion that reads the sums (BENCHMARKS.md).
     p = jax.lax.optimization_barrier(packed_popcount_xor(taps, rows))
     d = kh * kw * c_in - 2 * p
-    return d + border_table(w, x.shape[1:3], strides, pad) if pad else d
+    return d + border_table(w, in_hw, strides, pad) if pad else d
 
 
-def _with_float_backward(sums, name: str, doc: str):
-    """``conv(x, w)`` as ``s_o * sums(x, w, strides, pad)`` forward, the float conv's vjp backward."""
-
-    def forward(x: Array, w: Array, strides: int, pad: int) -> Array:
-        return _scaled(sums(x, w, strides, pad), w, x.dtype)
-
-    forward.__name__, forward.__qualname__, forward.__doc__ = name, name, doc
-
-    def fwd(x, w, strides, pad):
-        return forward(x, w, strides, pad), (x, w)
-
-    def bwd(strides, pad, residuals, g):
-        x, w = residuals
-        _, vjp = jax.vjp(lambda a, b: float_conv(a, b, strides, pad), x, w)
-        return vjp(g)
-
-    conv = jax.custom_vjp(forward, nondiff_argnums=(2, 3))
-    conv.defvjp(fwd, bwd)
-    return conv
+def popcount_sums(x: Array, w: Array, strides: int, pad: int) -> Array:
+    """``D`` (int32) by XNOR-popcount of packed sign bits (module docstring); ``x`` holds signs."""
+    return packed_popcount_sums(pack_signs(x), w, x.shape[1:3], strides, pad)
 
 
-int8_sign_conv = _with_float_backward(
-    int8_sums, "int8_sign_conv", "``conv(x, w)`` of ``x`` in ``{-1, 0, +1}`` and ``w = +-s_o`` with int8 products."
-)
-popcount_sign_conv = _with_float_backward(
-    popcount_sums, "popcount_sign_conv", "``conv(x, w)`` of signs ``x`` and ``w = +-s_o`` by XNOR-popcount."
-)
+def _float_conv_vjp(x: Array, w: Array, g: Array, strides: int, pad: int) -> tuple[Array, Array]:
+    """``(dL/dx, dL/dw)`` of ``float_conv(x, w)`` given ``g = dL/dconv``: the backward of both products."""
+    _, vjp = jax.vjp(lambda a, b: float_conv(a, b, strides, pad), x, w)
+    return vjp(g)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def int8_sign_conv(x: Array, w: Array, strides: int, pad: int) -> Array:
+    """``conv(x, w)`` of ``x`` in ``{-1, 0, +1}`` and ``w = +-s_o`` with int8 products."""
+    return _scaled(int8_sums(x, w, strides, pad), w, x.dtype)
+
+
+def _int8_fwd(x, w, strides, pad):
+    return _scaled(int8_sums(x, w, strides, pad), w, x.dtype), (x, w)
+
+
+def _int8_bwd(strides, pad, residuals, g):
+    x, w = residuals
+    return _float_conv_vjp(x, w, g, strides, pad)
+
+
+int8_sign_conv.defvjp(_int8_fwd, _int8_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def popcount_sign_conv(x: Array, w: Array, strides: int, pad: int) -> Array:
+    """``conv(x, w)`` of signs ``x`` and ``w = +-s_o`` by XNOR-popcount.
+
+    The backward keeps the packed bits ``pack_signs(x)`` (1 bit an entry) rather than ``x`` and unpacks
+    them for the weight gradient, whose ``[C_in, H, W, B]`` operand XLA:CPU then copies from the bits."""
+    return _scaled(popcount_sums(x, w, strides, pad), w, x.dtype)
+
+
+def _popcount_fwd(x, w, strides, pad):
+    a = pack_signs(x)
+    return _scaled(packed_popcount_sums(a, w, x.shape[1:3], strides, pad), w, x.dtype), (a, w)
+
+
+def _popcount_bwd(strides, pad, residuals, g):
+    a, w = residuals
+    return _float_conv_vjp(unpack_signs(a, w.shape[2], g.dtype), w, g, strides, pad)
+
+
+popcount_sign_conv.defvjp(_popcount_fwd, _popcount_bwd)
 
 # A 1w1a conv's forward products: ``(x, w, strides, pad) -> conv(x, w)`` (module docstring).
 PRODUCTS = {"float": float_conv, "int8": int8_sign_conv, "popcount": popcount_sign_conv}

@@ -236,6 +236,27 @@ def test_popcount_sums_bfloat16_and_border_table():
     np.testing.assert_array_equal(table[6, 3], per_tap[2].sum(0))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_popcount_backward_unpacks_the_signs_it_kept_as_bits(dtype):
+    """``unpack_signs(pack_signs(x))`` is ``x`` for 1 to 3 words of channels, and the popcount conv's
+    gradient, computed from those bits, is the float conv's in ``x``'s dtype (bfloat16 included)."""
+    k = jax.random.split(jax.random.key(5), 3)
+    for channels in (1, 16, 31, 32, 33, 70):
+        x = bz.sign(jax.random.normal(k[0], (2, 5, 5, channels))).astype(dtype)
+        words = sign_conv.pack_signs(x)
+        assert words.shape == (2, 5, 5, -(-channels // 32)) and words.dtype == jnp.uint32
+        back = sign_conv.unpack_signs(words, channels, dtype)
+        assert back.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(back, np.float32), np.asarray(x, np.float32))
+    w = (bz.sign(jax.random.normal(k[1], (3, 3, 70, 4))) * 0.25).astype(dtype)
+    g = jax.random.normal(k[2], (2, 3, 3, 4)).astype(dtype)
+    _, vjp = jax.vjp(lambda a, b: sign_conv.popcount_sign_conv(a, b, 2, 1), x, w)
+    _, vjp_float = jax.vjp(lambda a, b: sign_conv.float_conv(a, b, 2, 1), x, w)
+    for a, b in zip(vjp(g), vjp_float(g)):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
 @pytest.mark.parametrize("products", ["int8", "popcount"])
 @pytest.mark.parametrize("pad_value", ["zero", "checkerboard"])
 def test_binary_conv_products_change_no_number(products, pad_value):
