@@ -164,7 +164,7 @@ def pack_signs(x: Array) -> Array:
 def unpack_signs(words: Array, channels: int, dtype) -> Array:
     """``pack_signs``'s inverse: ``[..., Wd]`` uint32 -> ``[..., channels]`` of ``+-1`` in ``dtype``."""
     index = jnp.arange(channels, dtype=jnp.uint32)
-    word = words[..., 0:1] if words.shape[-1] == 1 else jnp.repeat(words, 32, axis=-1)[..., :channels]
+    word = words if words.shape[-1] == 1 else jnp.repeat(words, 32, axis=-1)[..., :channels]
     return jnp.where((word >> (index % 32)) & 1 == 1, 1, -1).astype(dtype)
 
 
