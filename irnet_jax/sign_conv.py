@@ -35,7 +35,6 @@ the forward products change. ``"popcount"`` keeps ``x`` for it as the packed bit
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
@@ -188,50 +187,43 @@ def popcount_sums(x: Array, w: Array, strides: int, pad: int) -> Array:
     return packed_popcount_sums(pack_signs(x), w, x.shape[1:3], strides, pad)
 
 
-def _float_conv_vjp(x: Array, w: Array, g: Array, strides: int, pad: int) -> tuple[Array, Array]:
-    """``(dL/dx, dL/dw)`` of ``float_conv(x, w)`` given ``g = dL/dconv``: the backward of both products."""
-    _, vjp = jax.vjp(lambda a, b: float_conv(a, b, strides, pad), x, w)
-    return vjp(g)
+def _with_float_backward(keep, sums, restore, name: str, doc: str):
+    """``conv(x, w)`` as ``s_o * sums(keep(x), w, (H, W), strides, pad)`` forward; backward: the float
+    conv's vjp at ``x = restore(keep(x), C_in, dtype)``, so the backward holds ``keep(x)``, not ``x``."""
+
+    def fwd(x, w, strides, pad):
+        kept = keep(x)
+        return _scaled(sums(kept, w, x.shape[1:3], strides, pad), w, x.dtype), (kept, w)
+
+    def forward(x: Array, w: Array, strides: int, pad: int) -> Array:
+        return fwd(x, w, strides, pad)[0]
+
+    forward.__name__, forward.__qualname__, forward.__doc__ = name, name, doc
+
+    def bwd(strides, pad, residuals, g):
+        kept, w = residuals
+        _, vjp = jax.vjp(lambda a, b: float_conv(a, b, strides, pad), restore(kept, w.shape[2], g.dtype), w)
+        return vjp(g)
+
+    conv = jax.custom_vjp(forward, nondiff_argnums=(2, 3))
+    conv.defvjp(fwd, bwd)
+    return conv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def int8_sign_conv(x: Array, w: Array, strides: int, pad: int) -> Array:
-    """``conv(x, w)`` of ``x`` in ``{-1, 0, +1}`` and ``w = +-s_o`` with int8 products."""
-    return _scaled(int8_sums(x, w, strides, pad), w, x.dtype)
-
-
-def _int8_fwd(x, w, strides, pad):
-    return _scaled(int8_sums(x, w, strides, pad), w, x.dtype), (x, w)
-
-
-def _int8_bwd(strides, pad, residuals, g):
-    x, w = residuals
-    return _float_conv_vjp(x, w, g, strides, pad)
-
-
-int8_sign_conv.defvjp(_int8_fwd, _int8_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def popcount_sign_conv(x: Array, w: Array, strides: int, pad: int) -> Array:
-    """``conv(x, w)`` of signs ``x`` and ``w = +-s_o`` by XNOR-popcount.
-
-    The backward keeps the packed bits ``pack_signs(x)`` (1 bit an entry) rather than ``x`` and unpacks
-    them for the weight gradient, whose ``[C_in, H, W, B]`` operand XLA:CPU then copies from the bits."""
-    return _scaled(popcount_sums(x, w, strides, pad), w, x.dtype)
-
-
-def _popcount_fwd(x, w, strides, pad):
-    a = pack_signs(x)
-    return _scaled(packed_popcount_sums(a, w, x.shape[1:3], strides, pad), w, x.dtype), (a, w)
-
-
-def _popcount_bwd(strides, pad, residuals, g):
-    a, w = residuals
-    return _float_conv_vjp(unpack_signs(a, w.shape[2], g.dtype), w, g, strides, pad)
-
-
-popcount_sign_conv.defvjp(_popcount_fwd, _popcount_bwd)
+int8_sign_conv = _with_float_backward(
+    lambda x: x,
+    lambda x, w, in_hw, strides, pad: int8_sums(x, w, strides, pad),
+    lambda x, channels, dtype: x,
+    "int8_sign_conv",
+    "``conv(x, w)`` of ``x`` in ``{-1, 0, +1}`` and ``w = +-s_o`` with int8 products.",
+)
+popcount_sign_conv = _with_float_backward(
+    pack_signs,
+    packed_popcount_sums,
+    unpack_signs,
+    "popcount_sign_conv",
+    "``conv(x, w)`` of signs ``x`` and ``w = +-s_o`` by XNOR-popcount; the backward keeps the packed bits.",
+)
 
 # A 1w1a conv's forward products: ``(x, w, strides, pad) -> conv(x, w)`` (module docstring).
 PRODUCTS = {"float": float_conv, "int8": int8_sign_conv, "popcount": popcount_sign_conv}
