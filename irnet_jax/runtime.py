@@ -45,6 +45,8 @@ BINARY_CONV_PRODUCTS = ("auto", *sign_conv.PRODUCTS)
 CPU_BINARY_CONV_PRODUCTS = "popcount"
 # Under XLA:CPU's YNNPACK fusions for reductions only its int8 conv takes a slow path (~40x its float32
 # conv, BENCHMARKS.md): binary_conv_products="int8" then gets a warning.
+# The compile option that keeps jax.lax.optimization_barrier from being removed before fusion.
+KEEP_BARRIERS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # train_ynn_fusions="reduce": the same setting as YNN_FUSION_FLAG=reduce, as a compile option of one jit.
 TRAIN_YNN_FUSIONS = ("auto", "reduce", "default")
@@ -117,7 +119,7 @@ def compiler_options(config: ml_collections.ConfigDict, step: str = "eval") -> d
     used; the train step's YNNPACK fusions for reductions only under ``train_reduce_fusions_only``."""
     if step not in STEPS:
         raise ValueError(f"step must be one of {list(STEPS)}, got {step!r}")
-    options = {"xla_disable_hlo_passes": "cse_barrier_expander"} if use_fusion_barriers(config) else {}
+    options = dict(KEEP_BARRIERS) if use_fusion_barriers(config) else {}
     if step == "train" and train_reduce_fusions_only(config):
         options.update(YNN_REDUCE_ONLY)
     return options or None

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from irnet_jax import models
+from irnet_jax import models, runtime
 from irnet_jax.binarization import EstimatorParams
 from irnet_jax.layers import BinaryConv, max_pool
 from irnet_jax.summary import summarize
@@ -170,7 +170,7 @@ def test_materialized_residual_stream_is_not_recomputed(block):
         graphdef, state = nnx.split(model)
         forward = jax.jit(
             lambda s, x: nnx.merge(graphdef, s)(x),  # noqa: B023 (compiled in this iteration)
-            compiler_options={"xla_disable_hlo_passes": "cse_barrier_expander"},
+            compiler_options=runtime.KEEP_BARRIERS,
         )
         compiled = forward.lower(state, x).compile()
         worst[on] = _max_convs_read_by_one_fusion(compiled.as_text())
@@ -208,7 +208,7 @@ def test_popcount_sums_are_computed_once_per_conv_in_the_train_step():
     def loss(s, x):
         return jnp.mean(jnp.square(nnx.merge(graphdef, s)(x)))
 
-    grad = jax.jit(jax.grad(loss), compiler_options={"xla_disable_hlo_passes": "cse_barrier_expander"})
+    grad = jax.jit(jax.grad(loss), compiler_options=runtime.KEEP_BARRIERS)
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
     hlo = grad.lower(state, x).compile().as_text()
     assert len(convs) == 18 and _fusions_computing(hlo, "popcnt") == len(convs)

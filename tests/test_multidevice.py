@@ -194,10 +194,11 @@ def test_xla_flag_helpers_and_auto_values(monkeypatch):
     assert runtime.compiler_options(config, "train") == runtime.compiler_options(config, "eval")
     monkeypatch.setenv("XLA_FLAGS", "--x=1")
     assert runtime.train_reduce_fusions_only(config)
-    barriers = {"xla_disable_hlo_passes": "cse_barrier_expander"}
+    barriers = runtime.KEEP_BARRIERS
     assert runtime.compiler_options(config, "train") == {**barriers, **runtime.YNN_REDUCE_ONLY}
     assert runtime.compiler_options(config, "eval") == barriers
     assert runtime.YNN_REDUCE_ONLY == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+    assert runtime.KEEP_BARRIERS == {"xla_disable_hlo_passes": "cse_barrier_expander"}
     config.train_ynn_fusions = "default"
     assert runtime.compiler_options(config, "train") == barriers
     with pytest.raises(ValueError, match=r"step must be one of \['train', 'eval'\], got 'test'"):
