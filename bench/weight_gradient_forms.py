@@ -7,7 +7,9 @@ in one run, beside the forward conv and the input gradient:
 does; XLA:CPU lays its operands out as ``[C, H, W, N]`` / ``[H, W, N, C]`` copies), ``taps``: one
 ``dot_general`` per tap over the shifted slice ``[N, H, W, C]`` of the padded input, contracting
 ``N, H, W``; ``patches``: the 9 slices concatenated to ``[N, H, W, 9 C]`` and one ``dot_general``. The
-three must agree within float32 summation order. ``x`` holds signs (a binary conv's input), ``g`` is
+three must agree within float32 summation order. ``bf16_conv_ms`` times ``conv`` with ``x, g, w`` in
+bfloat16 (exact for the signs, not for ``g``), whether a CPU's bfloat16 units (AMX, AVX512_BF16) would
+pay for a split-precision form; not compared. ``x`` holds signs (a binary conv's input), ``g`` is
 Gaussian. ms per call, the best of ``--rounds`` interleaved rounds; one JSON line per shape.
 
     PYTHONPATH=. python bench/weight_gradient_forms.py [--shapes 64x32x16,64x16x32] [--calls 5]
@@ -51,6 +53,7 @@ WEIGHT_GRADIENTS = {"conv_ms": conv_vjp, "taps_ms": taps, "patches_ms": patches}
 OTHERS = {
     "forward_ms": lambda x, g, w: float_conv(x, w, 1, 1),
     "input_gradient_ms": lambda x, g, w: jax.vjp(lambda x_: float_conv(x_, w, 1, 1), x)[1](g)[0],
+    "bf16_conv_ms": lambda x, g, w: conv_vjp(*(a.astype(jnp.bfloat16) for a in (x, g, w))),
 }
 
 
