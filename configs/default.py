@@ -95,7 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.unroll_steps = "auto"
     # Extra XLA flags, added to $XLA_FLAGS before JAX starts (a flag $XLA_FLAGS already sets keeps the
     # environment's value). "auto" = runtime.AUTO_XLA_FLAGS (GPU: convolutions inside the step's CUDA
-    # graphs; ignored elsewhere). "" adds none.
+    # graphs; CPU: XLA's depth-first kernel order; each ignored by the other backend). "" adds none.
     config.xla_flags = "auto"
 
     # Logging and checkpoints (operational fields: may differ on resume).

@@ -35,9 +35,16 @@ AUTO_ON_OFF = ("auto", "on", "off")
 CPU_STEPS_PER_CALL = 4
 GPU_STEPS_PER_CALL = 8
 
-# xla_flags="auto": convolutions join the CUDA graphs XLA records ("command buffers"; its defaults leave
-# them out, so each convolution splits the graphs). A GPU-only flag: the other backends ignore it.
-AUTO_XLA_FLAGS = "--xla_gpu_enable_command_buffer=+CONVOLUTION"
+# xla_flags="auto", one flag per backend (each backend ignores the other's):
+# - GPU: convolutions join the CUDA graphs XLA records ("command buffers"; its defaults leave them out, so
+#   each convolution splits the graphs);
+# - CPU: XLA:CPU's depth-first scheduler instead of its default breadth-first one, which orders kernels
+#   for concurrency at the cost of a larger live set: with each core running one device's kernels in
+#   turn the concurrency buys nothing, while the live set costs cache misses. XLA reads this one from
+#   $XLA_FLAGS only: as a per-jit compile option it is accepted and has no effect (jaxlib 0.10.2).
+GPU_COMMAND_BUFFER_FLAG = "--xla_gpu_enable_command_buffer=+CONVOLUTION"
+CPU_DEPTH_FIRST_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+AUTO_XLA_FLAGS = f"{GPU_COMMAND_BUFFER_FLAG} {CPU_DEPTH_FIRST_FLAG}"
 MAX_CPU_DEVICES = 512
 # binary_conv_products="auto": XNOR-popcount on CPU, where it is several times faster than XLA:CPU's
 # float32 and int8 convolutions; the float convolution elsewhere (BENCHMARKS.md).

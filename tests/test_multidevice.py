@@ -149,6 +149,47 @@ def test_environment_xla_flags_win_over_the_config_and_auto_adds_the_gpu_default
     assert run_runtime_probe("auto", "--xla_gpu_enable_command_buffer=") == {"devices": 1, "warnings": []}
 
 
+SCHEDULE_PROBE = """
+import json, sys
+import jax, jax.numpy as jnp
+from configs import default
+from irnet_jax import runtime
+config = default.get_config()
+config.cpu_devices = 0
+config.xla_flags = sys.argv[1]
+assert runtime.configure_runtime(config) == []
+
+def chains(x):  # 8 independent chains of unfusable sorts, 1 MiB each
+    total = 0.0
+    for i in range(8):
+        a = jnp.sort(x * (i + 1))
+        b = jnp.sort(a * 2.0 - x)
+        total = total + jnp.sort(b + a).sum()
+    return total
+
+compiled = jax.jit(chains).lower(jnp.zeros((1 << 18,), jnp.float32)).compile()
+print(json.dumps({"temp_bytes": compiled.memory_analysis().temp_size_in_bytes}))
+"""
+
+
+def test_auto_xla_flags_make_xla_cpu_schedule_depth_first():
+    """With ``xla_flags="auto"`` XLA:CPU runs one chain of kernels after another (a chain's results are
+    freed before the next starts: ~2 live MiB); with no flags, its breadth-first default starts every
+    chain first and keeps all eight live (16 MiB). $XLA_FLAGS naming the flag keeps its value."""
+
+    def temp_bytes(xla_flags: str, env_flags: str = "") -> int:
+        env = dict(os.environ, XLA_FLAGS=env_flags, PYTHONPATH=str(REPO))
+        r = subprocess.run(
+            [sys.executable, "-c", SCHEDULE_PROBE, xla_flags], cwd=REPO, env=env, capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])["temp_bytes"]
+
+    depth_first, breadth_first = temp_bytes("auto"), temp_bytes("")
+    assert depth_first <= 3 * 2**20 and breadth_first >= 8 * 2**20, (depth_first, breadth_first)
+    assert temp_bytes("auto", "--xla_cpu_enable_concurrency_optimized_scheduler=true") == breadth_first
+
+
 def test_xla_flag_helpers_and_auto_values(monkeypatch):
     import jax
 
@@ -159,7 +200,11 @@ def test_xla_flag_helpers_and_auto_values(monkeypatch):
     assert runtime.xla_flag_names("--a=1 --b --a=2") == {"--a": "--a=2", "--b": "--b"}
     config = default.get_config()
     config.cpu_devices = 0  # JAX's own count: nothing to warn about besides the XLA flags
-    assert runtime.xla_flags(config) == runtime.AUTO_XLA_FLAGS == "--xla_gpu_enable_command_buffer=+CONVOLUTION"
+    assert (
+        runtime.xla_flags(config)
+        == runtime.AUTO_XLA_FLAGS
+        == "--xla_gpu_enable_command_buffer=+CONVOLUTION --xla_cpu_enable_concurrency_optimized_scheduler=false"
+    )
     monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer= --x=1")
     assert runtime.xla_flags_overridden("--xla_gpu_enable_command_buffer=+CONVOLUTION --x=1 --y=2") == [
         ("--xla_gpu_enable_command_buffer=+CONVOLUTION", "--xla_gpu_enable_command_buffer=")
