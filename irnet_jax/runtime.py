@@ -40,8 +40,9 @@ GPU_STEPS_PER_CALL = 8
 #   each convolution splits the graphs);
 # - CPU: XLA:CPU's depth-first scheduler instead of its default breadth-first one, which orders kernels
 #   for concurrency at the cost of a larger live set: with each core running one device's kernels in
-#   turn the concurrency buys nothing, while the live set costs cache misses. XLA reads this one from
-#   $XLA_FLAGS only: as a per-jit compile option it is accepted and has no effect (jaxlib 0.10.2).
+#   turn the concurrency buys nothing, while the live set presumably costs cache misses (BENCHMARKS.md).
+#   XLA reads this one from $XLA_FLAGS only: as a per-jit compile option it is accepted and has no
+#   effect (jaxlib 0.10.2).
 GPU_COMMAND_BUFFER_FLAG = "--xla_gpu_enable_command_buffer=+CONVOLUTION"
 CPU_DEPTH_FIRST_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 AUTO_XLA_FLAGS = f"{GPU_COMMAND_BUFFER_FLAG} {CPU_DEPTH_FIRST_FLAG}"

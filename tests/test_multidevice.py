@@ -180,7 +180,12 @@ def test_auto_xla_flags_make_xla_cpu_schedule_depth_first():
     def temp_bytes(xla_flags: str, env_flags: str = "") -> int:
         env = dict(os.environ, XLA_FLAGS=env_flags, PYTHONPATH=str(REPO))
         r = subprocess.run(
-            [sys.executable, "-c", SCHEDULE_PROBE, xla_flags], cwd=REPO, env=env, capture_output=True, text=True
+            [sys.executable, "-c", SCHEDULE_PROBE, xla_flags],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert r.returncode == 0, r.stderr[-3000:]
         return json.loads(r.stdout.strip().splitlines()[-1])["temp_bytes"]
