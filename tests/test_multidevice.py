@@ -126,13 +126,19 @@ print(json.dumps({"devices": len(jax.devices()), "warnings": warnings}))
 """
 
 
-def run_runtime_probe(xla_flags: str, env_flags: str) -> dict:
+def run_probe(script: str, xla_flags: str, env_flags: str) -> dict:
+    """``script``'s last stdout line (JSON), run in a fresh process with ``$XLA_FLAGS=env_flags`` and
+    ``xla_flags`` as its argument."""
     env = dict(os.environ, XLA_FLAGS=env_flags, PYTHONPATH=str(REPO))
     r = subprocess.run(
-        [sys.executable, "-c", RUNTIME_PROBE, xla_flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script, xla_flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_runtime_probe(xla_flags: str, env_flags: str) -> dict:
+    return run_probe(RUNTIME_PROBE, xla_flags, env_flags)
 
 
 def test_environment_xla_flags_win_over_the_config_and_auto_adds_the_gpu_default():
@@ -178,17 +184,7 @@ def test_auto_xla_flags_make_xla_cpu_schedule_depth_first():
     chain first and keeps all eight live (16 MiB). $XLA_FLAGS naming the flag keeps its value."""
 
     def temp_bytes(xla_flags: str, env_flags: str = "") -> int:
-        env = dict(os.environ, XLA_FLAGS=env_flags, PYTHONPATH=str(REPO))
-        r = subprocess.run(
-            [sys.executable, "-c", SCHEDULE_PROBE, xla_flags],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert r.returncode == 0, r.stderr[-3000:]
-        return json.loads(r.stdout.strip().splitlines()[-1])["temp_bytes"]
+        return run_probe(SCHEDULE_PROBE, xla_flags, env_flags)["temp_bytes"]
 
     depth_first, breadth_first = temp_bytes("auto"), temp_bytes("")
     assert depth_first <= 3 * 2**20 and breadth_first >= 8 * 2**20, (depth_first, breadth_first)
