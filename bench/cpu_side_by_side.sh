@@ -7,9 +7,10 @@
 #
 # for ResNet-20 1w1a, then VGG-Small 1w1a; train batch 128, eval batch 256. Every row goes to
 # OUT_DIR/speed.jsonl, the machine (lscpu, commit, versions) to OUT_DIR/machine.txt, the commands' output
-# to OUT_DIR/log.txt, and the ratio table (bench/speed_table.py) to OUT_DIR/table.md. About 21 minutes
-# on a 2-core Zen 4 VM, 34-41 on a Zen 3 one. Run it with nothing else on the machine: the official
-# code's 2-thread step collapses when another process holds a core, which makes any ratio meaningless.
+# to OUT_DIR/log.txt, and the ratio table (bench/speed_table.py) to OUT_DIR/table.md. About 16 minutes
+# on a 2-core Intel VM (CPU-2j), 21 on a Zen 4 one, 34-41 on a Zen 3 one. Run it with nothing else on
+# the machine: the official code's 2-thread step collapses when another process holds a core, which
+# makes any ratio meaningless.
 #
 #   W=$HOME/irnet_ref_work bash bench/cpu_side_by_side.sh OUT_DIR
 #
