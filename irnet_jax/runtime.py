@@ -51,10 +51,10 @@ MAX_CPU_DEVICES = 512
 # float32 and int8 convolutions; the float convolution elsewhere (BENCHMARKS.md).
 BINARY_CONV_PRODUCTS = ("auto", *sign_conv.PRODUCTS)
 CPU_BINARY_CONV_PRODUCTS = "popcount"
-# Under XLA:CPU's YNNPACK fusions for reductions only its int8 conv takes a slow path (~40x its float32
-# conv, BENCHMARKS.md): binary_conv_products="int8" then gets a warning.
 # The compile option that keeps jax.lax.optimization_barrier from being removed before fusion.
 KEEP_BARRIERS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
+# Under XLA:CPU's YNNPACK fusions for reductions only its int8 conv takes a slow path (~40x its float32
+# conv, BENCHMARKS.md): binary_conv_products="int8" then gets a warning.
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # train_ynn_fusions="reduce": the same setting as YNN_FUSION_FLAG=reduce, as a compile option of one jit.
 TRAIN_YNN_FUSIONS = ("auto", "reduce", "default")
